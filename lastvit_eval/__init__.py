@@ -1,0 +1,3 @@
+"""lastvit-eval: evaluation toolkit for frozen Vision Transformer checkpoints."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,147 @@
+"""Pooling of the final normalized tokens into one token per image: CLS, GAP or LAST.
+
+LAST (frequency-domain token selection) follows the label-supervised training code that produced the
+released weights: low-pass each patch token along the channel axis, score every (patch, channel) by
+how stable it is under the low-pass, keep the top-k patches per channel and average them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+
+PoolKind = Literal["cls", "gap", "last"]
+ScoreFormula = Literal["code", "paper"]
+
+
+@dataclass(frozen=True)
+class PoolingSpec:
+    """What to pool and how; recorded with every result."""
+
+    kind: PoolKind = "cls"
+    topk: int = 1
+    sigma: float | None = None  # None: sqrt(D), as in the paper
+    formula: ScoreFormula = "code"
+    eps: float = 1e-6  # only used by the paper formula
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("cls", "gap", "last"):
+            raise InputError(f"pooling: unknown kind {self.kind!r} (use cls, gap or last)")
+        if self.topk < 1:
+            raise InputError(f"pooling: --topk must be >= 1, got {self.topk}")
+        if self.sigma is not None and not self.sigma > 0:
+            raise InputError(f"pooling: --sigma must be > 0, got {self.sigma}")
+        if self.formula not in ("code", "paper"):
+            raise InputError(f"pooling: unknown score formula {self.formula!r} (use code or paper)")
+
+    @property
+    def name(self) -> str:
+        """Short stable name used in tap keys, table rows and cache keys."""
+        if self.kind != "last":
+            return self.kind
+        name = f"last-k{self.topk}"
+        if self.sigma is not None:
+            name += f"-s{self.sigma:g}"
+        if self.formula != "code":
+            name += f"-{self.formula}"
+        return name
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, text: str) -> PoolingSpec:
+        """Parse `cls`, `gap`, `last`, `last:k=5`, `last:k=1,sigma=20,formula=paper`."""
+        kind, _, rest = text.strip().partition(":")
+        kwargs: dict = {}
+        for part in filter(None, rest.split(",")):
+            key, sep, value = part.partition("=")
+            key = key.strip()
+            if not sep:
+                raise InputError(f"pooling: cannot parse {text!r} (expected key=value after ':')")
+            if key in ("k", "topk"):
+                kwargs["topk"] = int(value)
+            elif key == "sigma":
+                kwargs["sigma"] = float(value)
+            elif key == "formula":
+                kwargs["formula"] = value.strip()
+            else:
+                raise InputError(f"pooling: unknown option {key!r} in {text!r}")
+        if kwargs and kind != "last":
+            raise InputError(f"pooling: options only apply to last, got {text!r}")
+        return cls(kind=kind, **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass
+class Pooled:
+    """One pooling's outputs for a batch."""
+
+    token: torch.Tensor  # [B, D] pooled token, in the space of the final normalized tokens
+    votes: torch.Tensor | None = None  # [B, N] channels that selected each patch (LAST only)
+
+
+def gaussian_lowpass_kernel(dim: int, sigma: float | None, device=None) -> torch.Tensor:
+    """The reference frequency mask: t = arange(-D//2 + 1, D//2 + 1), exp(-t^2 / 2 sigma^2) / max."""
+    sigma = math.sqrt(dim) if sigma is None else sigma
+    t = torch.arange(-dim // 2 + 1, dim // 2 + 1, device=device, dtype=torch.float32)
+    g = torch.exp(-0.5 * (t / sigma) ** 2)
+    return g / g.max()
+
+
+def lowpass(x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
+    """Low-pass x along the channel axis (last dim) in the centred frequency domain."""
+    g = gaussian_lowpass_kernel(x.shape[-1], sigma, device=x.device)
+    spec = torch.fft.fftshift(torch.fft.fft(x, dim=-1), dim=-1) * g
+    return torch.fft.ifft(torch.fft.ifftshift(spec, dim=-1), dim=-1).real
+
+
+def last_scores(x: torch.Tensor, spec: PoolingSpec) -> torch.Tensor:
+    """Per (patch, channel) stability scores; NaN-free so topk is well defined.
+
+    code  (trained the released weights): x / |xf - x|
+    paper (Eq. 5):                         xf / (|xf - x| + eps)
+    A 0/0 (an all-zero channel) scores -inf so a degenerate patch is never preferred; x/0 keeps its
+    signed infinity, which is the formula's own limit.
+    """
+    xf = lowpass(x, spec.sigma)
+    diff = (xf - x).abs()
+    if spec.formula == "code":
+        s = x / diff
+    else:
+        s = xf / (diff + spec.eps)
+    return torch.nan_to_num(s, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+
+
+def last_pool(patches: torch.Tensor, spec: PoolingSpec) -> Pooled:
+    """LAST pooling of patch tokens [B, N, D] -> Pooled([B, D], votes [B, N])."""
+    b, n, d = patches.shape
+    k = min(spec.topk, n)
+    x = patches.float()
+    idx = last_scores(x, spec).topk(k, dim=1).indices  # [B, k, D]: per channel, the chosen patches
+    token = x.gather(1, idx).mean(dim=1)
+    votes = torch.zeros(b, n, device=x.device, dtype=torch.float32)
+    votes.scatter_add_(1, idx.reshape(b, k * d), torch.ones(b, k * d, device=x.device))
+    return Pooled(token=token, votes=votes)
+
+
+def pool(tokens: torch.Tensor, num_prefix: int, spec: PoolingSpec) -> Pooled:
+    """Pool final normalized tokens [B, num_prefix + N, D] (prefix = CLS and registers)."""
+    if spec.kind == "cls":
+        if num_prefix < 1:
+            raise InputError("pooling: cls requested but the model has no class token")
+        return Pooled(token=tokens[:, 0].float())
+    patches = tokens[:, num_prefix:]
+    if spec.kind == "gap":
+        return Pooled(token=patches.float().mean(dim=1))
+    return last_pool(patches, spec)
+
+
+def patch_scores(patches: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every patch token [B, N, D] with the pooled token [B, D] -> [B, N]."""
+    return F.cosine_similarity(patches.float(), pooled.float().unsqueeze(1), dim=-1)

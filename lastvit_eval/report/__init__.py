@@ -1,0 +1,1 @@
+"""Results as data: Result -> pandas -> metrics.json + table.csv + table.md; aggregation and gates."""
