@@ -51,8 +51,10 @@ def _clean(x: float | None) -> float | None:
 class Result:
     """What an evaluator returns. Metric keys are namespaced: `patch_hit.top1`, `knn.k20.top1`.
 
-    `rows` holds one row per sample (image id first), `tables` any extra breakdown (e.g. per class),
-    `info` counts and chosen hyperparameters that are not metrics.
+    `rows` holds one row per sample, `image_id` first. Convention that paired comparison relies on:
+    for every proportion metric `<ns>.<rest>` the rows carry a boolean column named `<rest>`
+    (e.g. `patch_hit.top1` -> column `top1`; `knn.k20.top1` -> column `k20.top1`).
+    `tables` holds extra breakdowns (e.g. `per_class`), `info` counts and chosen hyperparameters.
     """
 
     evaluator: str
