@@ -58,13 +58,15 @@ def read_checkpoint(path: Path, trust: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        glob = next((ln for ln in lines if "global" in ln.lower() and "unsupported" in ln.lower()), None)
+        if glob is None:  # not a pickled object graph we refused, just bytes torch cannot parse
+            detail = next((ln for ln in lines if ln.lower().startswith("unsupported")), lines[-1] if lines else "")
+            raise InputError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
         if not trust:
-            first = str(e).strip().splitlines()
-            hint = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), "")
             raise InputError(
-                f"{path}: holds pickled Python objects that weights_only loading refuses"
-                + (f" ({hint})" if hint else "")
-                + "; re-run with --trust-checkpoint if you trust its source"
+                f"{path}: holds pickled Python objects that weights_only loading refuses ({glob}); "
+                "re-run with --trust-checkpoint if you trust its source"
             ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
