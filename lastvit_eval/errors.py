@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import click
 
+try:  # recent Typer (0.29 here) vendors click; its runner only turns *its* ClickException into an exit code.
+    from typer._click.exceptions import ClickException as _TyperClickException
+except ImportError:  # older Typer uses the real click
+    _TyperClickException = click.ClickException
+_BASES = tuple(dict.fromkeys((click.ClickException, _TyperClickException)))
 
-class InputError(click.ClickException):
+
+class InputError(*_BASES):
     """Bad user input (missing file, malformed annotation, wrong checkpoint...): exit code 2.
 
     The message names the file and the problem in one line.
@@ -18,7 +24,7 @@ class InputError(click.ClickException):
     exit_code = 2
 
 
-class GateFailed(click.ClickException):
+class GateFailed(*_BASES):
     """A regression gate found a metric below its tolerance: exit code 1."""
 
     exit_code = 1
