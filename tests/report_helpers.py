@@ -23,7 +23,8 @@ def provenance(checkpoint: str, pooling: str, dataset: str = "imagenet-val-pib")
     }
 
 
-def patch_hit_result(top1: np.ndarray, classes: list[str] | None = None, ids: list[str] | None = None) -> Result:
+def patch_hit_result(top1: np.ndarray, classes: list[str] | None = None,
+                     ids: list[str] | None = None) -> Result:
     """A patch_hit Result whose rows follow the convention (column `top1` for metric patch_hit.top1)."""
     top1 = np.asarray(top1, dtype=bool)
     n = top1.size
@@ -32,7 +33,8 @@ def patch_hit_result(top1: np.ndarray, classes: list[str] | None = None, ids: li
     top5 = top1 | (np.arange(n) % 3 == 0)
     rows = pd.DataFrame({
         "image_id": ids, "class": classes, "label": [0] * n, "top_patch": np.arange(n) % 196,
-        "top_row": (np.arange(n) % 196) // 14, "top_col": np.arange(n) % 14, "score": np.linspace(0.1, 0.9, n),
+        "top_row": (np.arange(n) % 196) // 14, "top_col": np.arange(n) % 14,
+        "score": np.linspace(0.1, 0.9, n),
         "top1": top1, "top5": top5,
     })
     return Result(evaluator="patch_hit", metrics={"patch_hit.top1": proportion(top1),

@@ -59,10 +59,10 @@ def test_aggregate_values_and_order(runs, tmp_path):
         "knn.k10.top1", "knn.k20.top1", "knn.k100.top1", "patch_hit.top1", "patch_hit.top5"]
     assert sorted(long["checkpoint"].unique()) == ["ViT_190k", "dino_vitb16"]
 
-    for run, pooling in (("vitb16-cls", "cls"), ("vitb16-last", "last"), ("dino-last", "last")):
+    for run, pooling, key in (("vitb16-cls", "cls", "cls"), ("vitb16-last", "last", "last"),
+                              ("dino-last", "last", "dino-last")):
         row = long[(long["run"] == run) & (long["metric"] == "patch_hit.top1")].iloc[0]
-        k, n = int(hits[pooling if run != "dino-last" else "dino-last"].sum()), len(hits[pooling if run != "dino-last"
-                                                                                          else "dino-last"])
+        k, n = int(hits[key].sum()), len(hits[key])
         lo, hi = wilson(k, n)
         assert row["pooling"] == pooling and row["n"] == n
         assert row["value"] == pytest.approx(100 * k / n, abs=1e-4)  # 4 decimals in the CSV
