@@ -146,7 +146,7 @@ def mcnemar(a_right_b_wrong: int, a_wrong_b_right: int) -> tuple[float, float | 
     if b + c == 0:
         return 1.0, None, 1.0
     exact = float(sps.binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
-    chi2 = (abs(b - c) - 1) ** 2 / (b + c)
+    chi2 = max(abs(b - c) - 1, 0) ** 2 / (b + c)  # Yates' correction, never past zero (b == c -> 0)
     return exact, float(chi2), float(sps.chi2.sf(chi2, df=1))
 
 
@@ -172,7 +172,8 @@ def paired_bootstrap_ci(a: np.ndarray, b: np.ndarray, n_resamples: int = 2000,
 
 def paired_outcomes(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
     """Inner join on image_id (sorted, so results do not depend on row order); counts of unmatched images."""
-    joined = a[["ok"]].join(b[["ok"]], how="inner", lsuffix="_a", rsuffix="_b").sort_index()
+    joined = a[["ok"]].rename(columns={"ok": "ok_a"}).join(b[["ok"]].rename(columns={"ok": "ok_b"}),
+                                                           how="inner").sort_index()
     if "class" in a.columns:
         joined["class"] = a.loc[joined.index, "class"]
     elif "class" in b.columns:
