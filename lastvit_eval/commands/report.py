@@ -27,7 +27,11 @@ def report(
         0.5, "--tolerance", min=0.0,
         help="Allowed drop in points; a 'tolerance' column in the baseline overrides it per row."),
 ) -> None:
-    """Aggregate runs into one table; with --baseline, fail (exit 1) when a metric regressed or vanished."""
+    """Aggregate runs into one table; with --baseline, fail (exit 1) when a metric regressed or vanished.
+
+    Baseline rows are matched on checkpoint, pooling, dataset and metric (the run folder name is added
+    only when those repeat); baseline metrics missing now fail as MISSING, new ones are listed as NEW.
+    """
     long = agg.aggregate(runs)
     paths = agg.write_report(long, output)
     console = Console()

@@ -36,11 +36,11 @@ def grid_pixels(n: int, ncols: int = 4) -> tuple[int, int]:
     return cols * side, rows * side
 
 
-def _grid_figure(n: int, ncols: int) -> tuple[Figure, list]:
+def _grid_figure(n: int, ncols: int, wspace: float = 0.08, right: float = 0.98) -> tuple[Figure, list]:
     rows, cols = grid_shape(n, ncols)
     fig = Figure(figsize=(cols * PANEL_INCHES, rows * PANEL_INCHES), dpi=DPI)
     FigureCanvasAgg(fig)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.90, wspace=0.08, hspace=0.18)
+    fig.subplots_adjust(left=0.02, right=right, bottom=0.02, top=0.90, wspace=wspace, hspace=0.18)
     axes = [fig.add_subplot(rows, cols, i + 1) for i in range(rows * cols)]
     for ax in axes:
         ax.set_axis_off()
@@ -141,7 +141,7 @@ def vote_map_grid(
     n = len(votes)
     if images is not None and len(images) != n:
         raise ValueError("images must have one entry per vote map")
-    fig, axes = _grid_figure(n, ncols)
+    fig, axes = _grid_figure(n, ncols, wspace=0.3, right=0.95)  # room for each panel's colorbar ticks
     for i in range(n):
         grid = _check_grid(f"votes[{i}]", votes[i])
         ax = axes[i]
