@@ -12,7 +12,7 @@ from lastvit_eval.data.images import index_images
 from lastvit_eval.data.labels import resolve_labels
 from lastvit_eval.errors import InputError
 
-from .conftest import IMAGES
+from conftest import IMAGES
 
 
 def _as_tuples(anns):
