@@ -5,14 +5,13 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from conftest import IMAGES
 
 from lastvit_eval.data.boxes import find_boxes, load_boxes
 from lastvit_eval.data.filters import FilterSpec, apply_filter
 from lastvit_eval.data.images import index_images
 from lastvit_eval.data.labels import resolve_labels
 from lastvit_eval.errors import InputError
-
-from conftest import IMAGES
 
 
 def _as_tuples(anns):

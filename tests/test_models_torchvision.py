@@ -7,13 +7,12 @@ import os
 
 import pytest
 import torch
+from conftest import tiny_vit
 from safetensors.torch import save_file
 
 from lastvit_eval.errors import InputError
 from lastvit_eval.models import LoadOptions, load_model
 from lastvit_eval.pooling import PoolingSpec, pool
-
-from conftest import tiny_vit
 
 
 def _reference(model, x):
