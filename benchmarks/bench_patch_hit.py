@@ -39,8 +39,8 @@ def make_dataset(root: Path, n: int, seed: int = 0) -> None:
         yy, xx = np.mgrid[0:h, 0:w]
         img = np.stack([(xx * (1 + i % 3) + yy) % 256, (yy * 2 + i * 7) % 256, (xx + yy * 3) % 256], -1)
         img = (img * 0.6 + rng.integers(0, 100, (h, w, 3))).clip(0, 255).astype(np.uint8)
-        bw, bh = int(rng.integers(w // 8, w // 3)), int(rng.integers(h // 8, h // 3))
-        x0, y0 = int(rng.integers(w // 6, w - bw - w // 6)), int(rng.integers(h // 6, h - bh - h // 6))
+        bw, bh = int(rng.integers(w // 6, w // 2)), int(rng.integers(h // 6, h // 2))
+        x0, y0 = int(rng.integers(w // 10, w - bw)), int(rng.integers(h // 10, h - bh))
         img[y0:y0 + bh, x0:x0 + bw] = rng.integers(0, 255, 3)
         wnid = f"n0000000{i % 4}"
         (root / "val" / wnid).mkdir(parents=True, exist_ok=True)
@@ -55,6 +55,19 @@ def make_dataset(root: Path, n: int, seed: int = 0) -> None:
             etree.SubElement(bb, tag).text = str(v)
         (root / "bbox").mkdir(exist_ok=True)
         (root / "bbox" / f"img_{i:05d}.xml").write_bytes(etree.tostring(ann))
+
+
+def random_vit_b_16() -> torch.nn.Module:
+    """torchvision's init leaves the class token at zero and LayerNorms at identity, which makes every
+    image pick the same patch; perturb them so patch scores depend on the image content."""
+    torch.manual_seed(0)
+    model = vit_b_16().eval()
+    with torch.no_grad():
+        model.class_token.normal_(0, 1)
+        for name, p in model.named_parameters():
+            if ".ln" in name or name.startswith("encoder.ln"):
+                p.add_(torch.randn_like(p) * 0.2)
+    return model
 
 
 def naive_loop(model, root: Path) -> tuple[dict[str, bool], float]:
@@ -108,8 +121,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_dataset(tmp / "imagenet", args.images)
-        torch.manual_seed(0)
-        ref = vit_b_16().eval()
+        ref = random_vit_b_16()
         ckpt = tmp / "vit_b_16_d2.pth"
         torch.save({"model": {"model." + k: v for k, v in ref.state_dict().items()}}, ckpt)
         naive_hits, naive_s = naive_loop(ref, tmp / "imagenet")
