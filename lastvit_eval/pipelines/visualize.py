@@ -1,0 +1,76 @@
+"""Pictures of where the ViT looks: heatmaps over the crop, fg/bg score distributions, LAST vote maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..data.filters import FilterSpec
+from ..data.pib import load_pib_data, targets_for
+from ..engine.dataset import load_rgb
+from ..engine.device import EngineSpec
+from ..engine.extract import TapRequest, extract
+from ..errors import InputError
+from ..geometry import box_to_crop_coords
+from ..models import LoadedModel
+from ..pooling import PoolingSpec
+from ..report import plots
+
+
+def choose(ids: list[str], wanted: list[str] | None, sample: int, seed: int) -> list[int]:
+    """Positions of the requested image ids, or a seeded sample of them."""
+    if wanted:
+        pos = {i: n for n, i in enumerate(ids)}
+        missing = [w for w in wanted if w not in pos]
+        if missing:
+            raise InputError(f"--images: not among the kept images: {', '.join(missing[:5])}")
+        return [pos[w] for w in wanted]
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(len(ids), size=min(sample, len(ids)), replace=False).tolist())
+
+
+def run_visualize(
+    model: LoadedModel,
+    root: Path,
+    boxes: Path | None,
+    filt: FilterSpec,
+    pooling: PoolingSpec,
+    engine: EngineSpec,
+    out_dir: Path,
+    images: list[str] | None = None,
+    sample: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[Path]:
+    data = load_pib_data(root, boxes, filt, engine.on_bad_image)
+    picks = choose([r.image_id for r in data.records], images, sample, seed)
+    t = model.transform
+    taps = {"patch_scores", "votes"} if pooling.kind == "last" else {"patch_scores"}
+    feats = extract(model, [data.records[i].path for i in picks], TapRequest((pooling,), frozenset(taps)), engine,
+                    progress=progress, description="visualize")
+    picks = [picks[i] for i in feats.index]
+    if not picks:
+        raise InputError("visualize: none of the chosen images could be decoded")
+    gh, gw = model.arch.grid
+    scores = feats.arrays[f"patch_scores/{pooling.name}"]
+    crops, grids, crop_boxes, tops, titles = [], [], [], [], []
+    for row, i in enumerate(picks):
+        rec, (w, h) = data.records[i], data.sizes[i]
+        crops.append(t.pixels(load_rgb(rec.path)).permute(1, 2, 0).numpy())
+        grids.append(scores[row].reshape(gh, gw))
+        crop_boxes.append(np.array([box_to_crop_coords(b.as_tuple(), w, h, t.resize, t.crop)
+                                    for b in data.annotations[rec.image_id].boxes]).clip(0, t.crop))
+        top = int(scores[row].argmax())
+        tops.append((top // gw, top % gw))
+        titles.append(f"{rec.image_id} {data.class_of(i) or ''}".strip())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [plots.heatmap_grid(crops, grids, crop_boxes, out_dir / "heatmaps.png", top_patches=tops, titles=titles)]
+    fg = targets_for(data, t.resize, t.crop, model.arch.patch_size, "any")[picks]
+    written.append(plots.score_distribution(scores, fg, out_dir / "score_distribution.png",
+                                            title=f"{model.name} {pooling.name}: patch scores"))
+    if f"votes/{pooling.name}" in feats.arrays:
+        votes = feats.arrays[f"votes/{pooling.name}"]
+        written.append(plots.vote_map_grid([v.reshape(gh, gw) for v in votes], out_dir / "votes.png", images=crops,
+                                           titles=titles))
+    return [Path(p) for p in written]
