@@ -25,8 +25,14 @@ def patch_hit(
                                                 "exactly one box (the paper's filter).", rich_help_panel=o.DATA)] = True,
     max_box_area: Annotated[float, typer.Option("--max-box-area", help="Keep boxes smaller than this fraction of "
                                                 "the image (the paper: 0.25); 1 disables.", rich_help_panel=o.DATA)] = 0.25,
-    hit_rule: Annotated[str, typer.Option("--hit-rule", help="any (top patch overlaps the box; the paper), center, "
-                                          "majority.", rich_help_panel=o.DATA)] = "any",
+    masks: Annotated[Path | None, typer.Option("--masks", help="Segmentation masks instead of boxes: COCO json "
+                                               "(polygons/RLE) or a folder of <image_id>.npy.",
+                                               rich_help_panel=o.DATA)] = None,
+    hit_rule: Annotated[str | None, typer.Option("--hit-rule", help="any (top patch overlaps the object; the paper's "
+                                                 "rule, default with boxes), center, majority (default with masks).",
+                                                 rich_help_panel=o.DATA)] = None,
+    fg_fraction: Annotated[float, typer.Option("--fg-fraction", help="majority rule: a patch is foreground when more "
+                                               "than this fraction of it is inside.", rich_help_panel=o.DATA)] = 0.5,
     limit: Annotated[int | None, typer.Option("--limit", help="Evaluate only the first N kept images.",
                                               rich_help_panel=o.DATA)] = None,
     pooling: o.Pooling = "last",
@@ -52,6 +58,7 @@ def patch_hit(
     from ..pipelines.patch_hit import run_patch_hit
     from ..report.console import console, print_counts, print_result
 
+    hit_rule = hit_rule or ("majority" if masks else "any")
     if hit_rule not in ("any", "center", "majority"):
         raise InputError(f"--hit-rule {hit_rule!r}: use any, center or majority")
     if not 0 < max_box_area <= 1:
@@ -63,7 +70,7 @@ def patch_hit(
     filt = FilterSpec(single_object=single_object, max_box_area=None if max_box_area >= 1 else max_box_area)
     out = o.run_dir(output_dir, run_name, "patch-hit", model.name, spec.name)
     res = run_patch_hit(model, imagenet_root, boxes, filt, spec, hit_rule, engine, out,  # type: ignore[arg-type]
-                        progress=not no_progress, limit=limit)
+                        progress=not no_progress, limit=limit, masks=masks, fg_fraction=fg_fraction)
     info = res.result.info
     counts = {"found": info["found"], **{f"dropped: {k}": v for k, v in info["dropped"].items()},
               "evaluated": info["evaluated"]}

@@ -9,11 +9,12 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from ..geometry import HitRule, patch_targets
+from ..geometry import HitRule, mask_patch_targets, patch_targets
 from .boxes import Annotation, find_boxes, load_boxes
 from .filters import FilterSpec, apply_filter
 from .images import ImageRecord, index_images
 from .labels import resolve_labels
+from .masks import MaskSource, mask_to_crop
 
 
 @dataclass
@@ -26,6 +27,7 @@ class PibData:
     boxes_source: str
     report: dict = field(default_factory=dict)  # found, kept, dropped per reason
     dropped: dict[str, list[str]] = field(default_factory=dict)
+    masks: MaskSource | None = None  # when set, targets come from segmentation masks
 
     def class_of(self, i: int) -> str | None:
         label = self.labels[i]
@@ -40,11 +42,17 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def load_pib_data(
-    root: Path, boxes: Path | None, spec: FilterSpec, on_bad_image: str = "skip", split: str = "val"
+    root: Path, boxes: Path | None, spec: FilterSpec, on_bad_image: str = "skip", split: str = "val",
+    masks: Path | None = None,
 ) -> PibData:
     records = index_images(root, split)
-    box_path = Path(boxes) if boxes else find_boxes(root)
-    annotations = load_boxes(box_path, [r.image_id for r in records])
+    mask_source = MaskSource(masks) if masks else None
+    if mask_source is not None:
+        box_path = Path(masks)  # type: ignore[arg-type]
+        annotations = mask_source.annotations([r.image_id for r in records])
+    else:
+        box_path = Path(boxes) if boxes else find_boxes(root)
+        annotations = load_boxes(box_path, [r.image_id for r in records])
     if not any(r.image_id in annotations for r in records):
         raise InputError(f"{box_path}: no boxes match any of the {len(records)} images under {root}")
     dropped: dict[str, list[str]] = {}
@@ -74,11 +82,22 @@ def load_pib_data(
         boxes_source=str(box_path),
         report={"found": len(records), "kept": len(kept), "labels": labels.source},
         dropped=dropped,
+        masks=mask_source,
     )
 
 
-def targets_for(data: PibData, resize: int, crop: int, patch: int, rule: HitRule) -> np.ndarray:
-    """[n_images, n_patches] bool: which patches count as inside each image's box(es)."""
+def targets_for(
+    data: PibData, resize: int, crop: int, patch: int, rule: HitRule, fg_fraction: float = 0.5
+) -> np.ndarray:
+    """[n_images, n_patches] bool: which patches count as inside each image's box(es) or mask."""
+    if data.masks is not None:
+        return np.stack(
+            [
+                mask_patch_targets(mask_to_crop(data.masks.mask(r.image_id, size), resize, crop), patch, rule,
+                                   fg_fraction)
+                for r, size in zip(data.records, data.sizes, strict=True)
+            ]
+        )
     return np.stack(
         [
             patch_targets([b.as_tuple() for b in data.annotations[r.image_id].boxes], w, h, resize, crop, patch, rule)

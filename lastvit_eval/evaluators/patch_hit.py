@@ -7,7 +7,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..result import Result
-from ..stats import proportion
+from ..stats import bootstrap_metric, proportion
 from . import register
 
 
@@ -40,6 +40,12 @@ def evaluate(
     rows_i = np.arange(n)
     top1 = targets[rows_i, top]
     topk = targets[rows_i[:, None], order].any(axis=1)
+    # foreground/background separation: mean score of object patches minus background patches
+    n_fg, n_bg = targets.sum(axis=1), (~targets).sum(axis=1)
+    both = (n_fg > 0) & (n_bg > 0)
+    fg_mean = np.where(targets, scores, 0).sum(axis=1) / np.maximum(n_fg, 1)
+    bg_mean = np.where(~targets, scores, 0).sum(axis=1) / np.maximum(n_bg, 1)
+    gap = (fg_mean - bg_mean)[both]
     rows = pd.DataFrame(
         {
             "image_id": list(image_ids),
@@ -49,12 +55,17 @@ def evaluate(
             "top_row": top // grid[1],
             "top_col": top % grid[1],
             "score": scores[rows_i, top],
-            "target_patches": targets.sum(axis=1),
+            "target_patches": n_fg,
+            "fg_bg_gap": np.where(both, fg_mean - bg_mean, np.nan),
+            "fg_above_bg": both & (fg_mean > bg_mean),
             "top1": top1,
             f"top{k}": topk,
         }
     )
     metrics = {"patch_hit.top1": proportion(top1), f"patch_hit.top{k}": proportion(topk)}
+    if gap.size:
+        metrics["patch_hit.fg_bg_gap"] = bootstrap_metric(np.mean, gap)
+        metrics["patch_hit.fg_above_bg"] = proportion(gap > 0)
     tables = {}
     if classes is not None:
         per = rows.groupby("class", sort=True).agg(n=("top1", "size"), top1=("top1", "mean"), topk=("top" + str(k), "mean"))

@@ -38,14 +38,16 @@ def run_patch_hit(
     out_dir: Path,
     progress: bool = True,
     limit: int | None = None,
+    masks: Path | None = None,
+    fg_fraction: float = 0.5,
 ) -> PatchHitOutput:
-    data = load_pib_data(root, boxes, filt, engine.on_bad_image)
+    data = load_pib_data(root, boxes, filt, engine.on_bad_image, masks=masks)
     t = model.transform
-    targets = targets_for(data, t.resize, t.crop, model.arch.patch_size, rule)
+    targets = targets_for(data, t.resize, t.crop, model.arch.patch_size, rule, fg_fraction)
     inside = targets.any(axis=1)
     outside = [r.image_id for r, ok in zip(data.records, inside, strict=True) if not ok]
     if outside:
-        data.dropped["box outside the crop"] = outside
+        data.dropped["object outside the crop" if masks else "box outside the crop"] = outside
     keep = np.flatnonzero(inside)
     if limit is not None:
         keep = keep[:limit]
@@ -97,6 +99,8 @@ def run_patch_hit(
             "labels": data.report["labels"],
             "filter": filt.to_dict(),
             "hit_rule": rule,
+            "masks": str(masks) if masks else None,
+            "fg_fraction": fg_fraction if masks else None,
         },
         "engine": engine.to_dict(),
         "dtype": engine.dtype,
