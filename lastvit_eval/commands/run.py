@@ -1,0 +1,165 @@
+"""`lastvit-eval run` (several evaluators, one forward pass) and the single-evaluator shortcuts
+`knn`, `linear-probe`, `classify`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..app import app
+from ..errors import InputError
+from . import options as o
+
+ImagenetRoot = Annotated[Path | None, typer.Option("--imagenet-root", "-r", help="ImageNet-style root: val/ "
+                         "(test), train/ (k-NN / probe), boxes for patch-hit.", rich_help_panel=o.DATA)]
+Train = Annotated[Path | None, typer.Option("--train", help="Training images: ImageFolder root or CSV (path,label).",
+                                            rich_help_panel=o.DATA)]
+Test = Annotated[Path | None, typer.Option("--test", help="Test images: ImageFolder root or CSV (path,label).",
+                                           rich_help_panel=o.DATA)]
+TrainPerClass = Annotated[int | None, typer.Option("--train-per-class", min=1, help="Few-shot: at most N training "
+                                                   "images per class (seeded).", rich_help_panel=o.DATA)]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for subsets, hold-outs and bootstraps.",
+                                   rich_help_panel=o.DATA)]
+Poolings = Annotated[list[str] | None, typer.Option("--pooling", "-p", help="cls | gap | last | last:k=5,... "
+                                                    "(repeatable; default last).", rich_help_panel=o.MODEL)]
+Ks = Annotated[str, typer.Option("--ks", help="k-NN: comma-separated k values.", rich_help_panel=o.DATA)]
+Temperature = Annotated[float, typer.Option("--temperature", help="k-NN vote temperature.", rich_help_panel=o.DATA)]
+
+
+def _datasets(imagenet_root, train, test, train_per_class, seed, need_train):
+    from ..data.recognition import few_shot, from_imagenet, load_labeled
+
+    if test is not None:
+        val = load_labeled(test)
+    elif imagenet_root is not None:
+        val = from_imagenet(imagenet_root, "val")
+    else:
+        raise InputError("give --imagenet-root or --test")
+    tr = None
+    if need_train:
+        if train is not None:
+            tr = load_labeled(train)
+        elif imagenet_root is not None and (Path(imagenet_root) / "train").is_dir():
+            tr = from_imagenet(imagenet_root, "train")
+        else:
+            raise InputError("k-NN / linear probe need a training set: --train, or train/ under --imagenet-root")
+        if train_per_class:
+            tr = few_shot(tr, train_per_class, seed)
+    return val, tr
+
+
+def run_job(evaluators: list[str], checkpoint, imagenet_root, train, test, train_per_class, seed, poolings, ks,
+            temperature, load_opts, engine, output_dir, run_name, no_progress, boxes=None, masks=None):
+    from ..data.filters import FilterSpec
+    from ..models import load_model
+    from ..pipelines.run import PibOptions, RunConfig, run_evaluators
+    from ..pooling import PoolingSpec
+    from ..report.console import console, print_result
+
+    specs = [PoolingSpec.parse(p) for p in (poolings or ["last"])]
+    try:
+        k_values = tuple(int(k) for k in ks.split(",") if k.strip())
+    except ValueError:
+        raise InputError(f"--ks {ks!r}: expected comma-separated integers") from None
+    model = load_model(checkpoint, load_opts)
+    val, tr = _datasets(imagenet_root, train, test, train_per_class, seed,
+                        any(e in ("knn", "linear-probe") for e in evaluators))
+    pib = None
+    if "patch-hit" in evaluators:
+        if imagenet_root is None:
+            raise InputError("patch-hit needs --imagenet-root (images with boxes)")
+        pib = PibOptions(root=imagenet_root, boxes=boxes, filt=FilterSpec(), masks=masks,
+                         rule="majority" if masks else "any")
+    name = Path(imagenet_root or test).name  # type: ignore[arg-type]
+    cfg = RunConfig(evaluators=evaluators, poolings=specs, val=val, train=tr, pib=pib, ks=k_values,
+                    temperature=temperature, seed=seed, dataset_name=name)
+    out = o.run_dir(output_dir, run_name, "-".join(evaluators), model.name)
+    results = run_evaluators(model, cfg, engine, out, progress=not no_progress)
+    for pooling, (res, _) in results.items():
+        for r in res:
+            print_result(r, f"{r.evaluator}  {model.name}  pooling={pooling}")
+    console.print(f"results written to [bold]{out}[/]")
+    return results
+
+
+@app.command("run")
+def run(
+    checkpoint: o.Checkpoint,
+    evaluators: Annotated[str, typer.Option("--evaluators", "-e", help="Comma-separated: patch-hit, knn, "
+                                            "linear-probe, classify.")] = "patch-hit,knn",
+    imagenet_root: ImagenetRoot = None,
+    train: Train = None,
+    test: Test = None,
+    boxes: Annotated[Path | None, typer.Option("--boxes", help="patch-hit boxes (default: found under the root).",
+                                               rich_help_panel=o.DATA)] = None,
+    masks: Annotated[Path | None, typer.Option("--masks", help="patch-hit masks instead of boxes.",
+                                               rich_help_panel=o.DATA)] = None,
+    train_per_class: TrainPerClass = None,
+    seed: Seed = 0,
+    pooling: Poolings = None,
+    ks: Ks = "10,20,100,200",
+    temperature: Temperature = 0.07,
+    trust_checkpoint: o.TrustCheckpoint = False,
+    ignore_keys: o.IgnoreKeys = None,
+    num_heads: o.NumHeads = None,
+    checkpoint_key: o.CheckpointKey = None,
+    family: o.Family = None,
+    device: o.Device = "auto",
+    dtype: o.Dtype = "fp32",
+    batch_size: o.BatchSize = 64,
+    workers: o.Workers = None,
+    on_bad_image: o.OnBadImage = "skip",
+    output_dir: o.OutputDir = None,
+    run_name: o.RunName = None,
+    no_progress: o.NoProgress = False,
+) -> None:
+    """Run several evaluators over one forward pass (per pooling: results/<run>/<pooling>/ when several)."""
+    names = [e.strip() for e in evaluators.split(",") if e.strip()]
+    if not names:
+        raise InputError("--evaluators: give at least one evaluator")
+    run_job(names, checkpoint, imagenet_root, train, test, train_per_class, seed, pooling, ks, temperature,
+            o.load_options(trust_checkpoint, ignore_keys, num_heads, checkpoint_key, family),
+            o.engine_spec(device, dtype, batch_size, workers, on_bad_image), output_dir, run_name, no_progress,
+            boxes=boxes, masks=masks)
+
+
+def _single(name: str, doc: str):
+    def command(
+        checkpoint: o.Checkpoint,
+        imagenet_root: ImagenetRoot = None,
+        train: Train = None,
+        test: Test = None,
+        train_per_class: TrainPerClass = None,
+        seed: Seed = 0,
+        pooling: Poolings = None,
+        ks: Ks = "10,20,100,200",
+        temperature: Temperature = 0.07,
+        trust_checkpoint: o.TrustCheckpoint = False,
+        ignore_keys: o.IgnoreKeys = None,
+        num_heads: o.NumHeads = None,
+        checkpoint_key: o.CheckpointKey = None,
+        family: o.Family = None,
+        device: o.Device = "auto",
+        dtype: o.Dtype = "fp32",
+        batch_size: o.BatchSize = 64,
+        workers: o.Workers = None,
+        on_bad_image: o.OnBadImage = "skip",
+        output_dir: o.OutputDir = None,
+        run_name: o.RunName = None,
+        no_progress: o.NoProgress = False,
+    ) -> None:
+        run_job([name], checkpoint, imagenet_root, train, test, train_per_class, seed, pooling, ks, temperature,
+                o.load_options(trust_checkpoint, ignore_keys, num_heads, checkpoint_key, family),
+                o.engine_spec(device, dtype, batch_size, workers, on_bad_image), output_dir, run_name, no_progress)
+
+    command.__doc__ = doc
+    command.__name__ = name.replace("-", "_")
+    app.command(name)(command)
+
+
+_single("knn", "k-NN classification (DINO protocol: cosine, exp(sim/T) votes) of pooled features.")
+_single("linear-probe", "Multinomial logistic regression on frozen pooled features (hyperparameters on a "
+        "hold-out of the training split).")
+_single("classify", "Accuracy of the checkpoint's own head on the pooled token.")
