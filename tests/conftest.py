@@ -14,6 +14,10 @@ from torchvision.models import VisionTransformer
 
 import lastvit_eval.cli  # noqa: F401  (registers the commands)
 
+# Test models are tiny: on small CPU boxes thread-pool wake-ups cost more than the arithmetic
+# (a 2-block ViT forward took 0.3 s with 2 threads, 1 ms with one).
+torch.set_num_threads(1)
+
 # (image id, wnid, (w, h), boxes as (x0, y0, x1, y1)); sizes and aspect ratios vary on purpose
 IMAGES = [
     ("img_0001", "n01440764", (120, 90), [(10, 12, 40, 50)]),

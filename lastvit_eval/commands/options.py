@@ -97,3 +97,23 @@ def run_dir(output_dir: Path | None, run_name: str | None, *parts: str) -> Path:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_name = "-".join([*(re.sub(r"[^A-Za-z0-9_.-]+", "_", p) for p in parts if p), stamp])
     return Path("results") / run_name
+
+
+Poolings = Annotated[list[str] | None, typer.Option("--pooling", "-p", help="cls | gap | last | last:k=5,sigma=20 "
+                                                    "(repeatable).", rich_help_panel=MODEL)]
+ImagenetRoot = Annotated[Path, typer.Option("--imagenet-root", "-r", help="Root with <split>/<wnid>/*.JPEG or "
+                                            "<split>/*.JPEG (+ meta/val.txt).", rich_help_panel=DATA)]
+Split = Annotated[str, typer.Option("--split", help="Image folder under the root: val or train.",
+                                    rich_help_panel=DATA)]
+Limit = Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N images (sorted paths).",
+                                           rich_help_panel=DATA)]
+
+
+def pooling_specs(poolings: list[str] | None, topk: int, sigma: float | None, formula: str,
+                  default: tuple[str, ...] = ("cls", "gap", "last")) -> tuple[PoolingSpec, ...]:
+    """Repeatable --pooling into specs, duplicates (by name) removed, order kept."""
+    specs: dict[str, PoolingSpec] = {}
+    for text in poolings or default:
+        spec = pooling_spec(text, topk, sigma, formula)
+        specs.setdefault(spec.name, spec)
+    return tuple(specs.values())

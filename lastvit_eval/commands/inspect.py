@@ -1,0 +1,88 @@
+"""`lastvit-eval inspect`: what a checkpoint is and how it will be loaded, before any evaluation."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from ..app import app
+from ..models import LoadedModel, load_model
+from . import options as o
+
+
+def describe(model: LoadedModel) -> dict:
+    """Everything a user needs to trust the load: family, shapes, key mapping, transform, hash."""
+    k = model.keys
+    return {
+        "source": model.source,
+        "sha256": model.sha256,
+        "family": model.arch.family,
+        "arch": model.arch.to_dict(),
+        "params": model.params,
+        "format": k.format,
+        "key_mapping": list(k.steps),
+        "dropped": list(k.dropped),
+        "ignored": list(k.ignored),
+        "missing": list(k.missing),
+        "unexpected": list(k.unexpected),
+        "transform": model.transform.to_dict(),
+        "details": getattr(model.backbone, "details", {}),
+    }
+
+
+@app.command("inspect")
+def inspect_cmd(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file or hub name (torchvision:vit_b_16, timm:NAME, "
+                                              "openclip:ARCH/TAG).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
+    trust_checkpoint: o.TrustCheckpoint = False,
+    ignore_keys: o.IgnoreKeys = None,
+    num_heads: o.NumHeads = None,
+    checkpoint_key: o.CheckpointKey = None,
+    family: o.Family = None,
+    quick_gelu: o.QuickGelu = None,
+) -> None:
+    """Load a checkpoint strictly and report family, architecture, key mapping and preprocessing."""
+    model = load_model(checkpoint, o.load_options(trust_checkpoint, ignore_keys, num_heads, checkpoint_key, family,
+                                                  quick_gelu))
+    info = describe(model)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    from rich.table import Table
+
+    from ..report.console import console
+
+    a = model.arch
+    t = model.transform
+    table = Table(title=f"{model.name}", title_justify="left", show_header=False)
+    table.add_column("field")
+    table.add_column("value")
+    rows = [
+        ("family", a.family),
+        ("architecture", f"{a.name}: {a.image_size}px, patch {a.patch_size}, width {a.width}, depth {a.depth}, "
+                         f"heads {a.heads}, mlp {a.mlp_dim}, prefix tokens {a.num_prefix_tokens}"),
+        ("head", f"{a.num_classes} classes" if a.num_classes else "none"),
+        ("projection", f"{a.embed_dim}-d" if a.embed_dim else "none"),
+        ("parameters", f"{model.params:,}"),
+        ("format", info["format"]),
+        ("key mapping", "\n".join(info["key_mapping"]) or "none"),
+        ("dropped keys", _short(info["dropped"])),
+        ("ignored keys", _short(info["ignored"])),
+        ("missing / unexpected", f"{_short(info['missing'])} / {_short(info['unexpected'])}"),
+        ("transform", f"resize {t.resize} {t.interpolation}, crop {t.crop}, mean {t.mean}, std {t.std}"),
+        ("sha256", model.sha256 or "n/a"),
+    ]
+    for key, value in info["details"].items():
+        rows.append((key, json.dumps(value)))
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+
+
+def _short(keys: list[str], n: int = 6) -> str:
+    if not keys:
+        return "none"
+    return ", ".join(keys[:n]) + (f" ... ({len(keys)} total)" if len(keys) > n else "")

@@ -1,0 +1,202 @@
+"""Baselines by name: `torchvision:vit_b_16[/WEIGHTS]`, `timm:NAME`, `openclip:ARCH/TAG`.
+
+Weights come through each library's own download code and cache. The cached file is looked up first,
+without touching the network; offline (HF_HUB_OFFLINE=1 or LASTVIT_EVAL_OFFLINE=1) a file missing from
+the cache is one clear InputError. Random weights are never a fallback: a name without released
+weights is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..data.transform import TransformSpec
+from ..errors import InputError
+from .base import LoadedModel, LoadOptions
+from .checkpoint import read_checkpoint, sha256_file
+
+HF_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("LASTVIT_EVAL_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _missing(name: str, what: str, detail: str = "") -> InputError:
+    mode = "offline mode" if offline() else "could not download"
+    extra = f" ({detail})" if detail else ""
+    return InputError(
+        f"{name}: pretrained weights not available ({mode}: {what} is not in the local cache{extra}); "
+        "download it on a machine with network access, or pass --checkpoint /path/to/weights.pth"
+    )
+
+
+def _hf_cache_dir() -> str:
+    """Read at call time (huggingface_hub reads HF_HOME once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    return os.path.join(home, "hub")
+
+
+def cached_hf(repo: str, filenames: tuple[str, ...]) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for f in filenames:
+        hit = try_to_load_from_cache(repo, f, cache_dir=_hf_cache_dir())
+        if isinstance(hit, str) and os.path.isfile(hit):
+            return Path(hit)
+    return None
+
+
+def cached_url(url: str, folder: str | None = None) -> Path:
+    """Where torch.hub (or open_clip's url download, given `folder`) keeps a downloaded url."""
+    import torch.hub
+
+    base = folder or os.path.join(torch.hub.get_dir(), "checkpoints")
+    return Path(base) / os.path.basename(urlparse(url).path)
+
+
+def load_hub(name: str, opts: LoadOptions) -> LoadedModel:
+    lib, _, rest = name.partition(":")
+    if not rest:
+        raise InputError(f"{name}: expected {lib}:NAME")
+    if lib == "torchvision":
+        return _torchvision(name, rest, opts)
+    if lib == "timm":
+        return _timm(name, rest, opts)
+    if lib == "openclip":
+        return _openclip(name, rest, opts)
+    raise InputError(f"{name}: unknown hub {lib!r} (use torchvision:, timm: or openclip:)")
+
+
+def _torchvision(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
+    from torchvision.models import get_model_weights
+
+    from . import torchvision_vit
+
+    arch, _, tag = rest.partition("/")
+    if not arch.startswith("vit_"):
+        raise InputError(f"{name}: only torchvision ViTs (vit_*) are supported")
+    try:
+        enum = get_model_weights(arch)
+    except (ValueError, KeyError):
+        raise InputError(f"{name}: torchvision has no model {arch!r}") from None
+    try:
+        weights = enum[tag] if tag else enum.DEFAULT
+    except KeyError:
+        raise InputError(f"{name}: unknown weights {tag!r}; known: {', '.join(w.name for w in enum)}") from None
+    path = cached_url(weights.url)
+    if not path.is_file():
+        if offline():
+            raise _missing(name, path.name, str(path))
+        try:
+            weights.get_state_dict(progress=False, check_hash=True)
+        except Exception as e:  # noqa: BLE001 - any download failure is the same user-facing problem
+            raise _missing(name, path.name, f"{type(e).__name__}: {e}") from None
+    raw = read_checkpoint(path, trust=opts.trust)
+    model = torchvision_vit.load(raw, opts, name, sha256_file(path))
+    t = weights.transforms()
+    spec = TransformSpec(resize=int(t.resize_size[0]), crop=int(t.crop_size[0]), interpolation=t.interpolation.value,
+                         mean=tuple(t.mean), std=tuple(t.std))
+    model.keys.steps.insert(0, f"torchvision weights {weights} from {path}")
+    return dataclasses.replace(model, transform=spec)
+
+
+def _timm(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    from .base import ArchSpec, KeyReport
+    from .dino_vit import TimmBackbone
+
+    try:
+        cfg = get_pretrained_cfg(rest)
+    except Exception:  # noqa: BLE001 - timm raises different errors for malformed names
+        cfg = None
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise InputError(f"{name}: timm has no pretrained weights under this name (e.g. vit_base_patch16_224.dino)")
+    path: Path | None = None
+    if cfg.file and os.path.isfile(cfg.file):
+        path = Path(cfg.file)
+    elif cfg.hf_hub_id:
+        files = ((cfg.hf_hub_filename,) if cfg.hf_hub_filename else ()) + HF_FILES
+        path = cached_hf(cfg.hf_hub_id, files)
+    if path is None and cfg.url and cached_url(cfg.url).is_file():
+        path = cached_url(cfg.url)
+    try:
+        if path is not None:
+            model = timm.create_model(rest, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+        elif offline():
+            raise _missing(name, cfg.hf_hub_id or cfg.url or rest)
+        else:
+            model = timm.create_model(rest, pretrained=True)
+            path = cached_hf(cfg.hf_hub_id, HF_FILES) if cfg.hf_hub_id else None
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise _missing(name, cfg.hf_hub_id or cfg.url or rest, f"{type(e).__name__}: {e}") from None
+    from timm.models.vision_transformer import VisionTransformer
+
+    if not isinstance(model, VisionTransformer):
+        raise InputError(f"{name}: {type(model).__name__} is not a timm VisionTransformer")
+    model.eval().requires_grad_(False)
+    dc = timm.data.resolve_data_config({}, model=model)
+    size = int(dc["input_size"][-1])
+    transform = TransformSpec(resize=int(size / dc["crop_pct"]), crop=size, interpolation=dc["interpolation"],
+                              mean=tuple(dc["mean"]), std=tuple(dc["std"]))
+    pe = model.patch_embed
+    grid = pe.grid_size[0]
+    patch = pe.patch_size[0]
+    blk = model.blocks[0]
+    arch = ArchSpec(family="timm", name=rest, image_size=grid * patch, patch_size=patch, width=model.embed_dim,
+                    depth=len(model.blocks), heads=blk.attn.num_heads, mlp_dim=blk.mlp.fc1.out_features,
+                    num_prefix_tokens=int(model.num_prefix_tokens),
+                    num_classes=model.num_classes or None)
+    report = KeyReport(format="timm pretrained", steps=[f"timm.create_model({rest!r}, pretrained=True) from {path}"])
+    return LoadedModel(backbone=TimmBackbone(model), arch=arch, transform=transform, keys=report, source=name,
+                       sha256=sha256_file(path) if path is not None else None,
+                       params=sum(p.numel() for p in model.parameters()))
+
+
+def _openclip(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
+    import open_clip
+
+    from . import openclip_vit
+
+    arch, _, tag = rest.partition("/")
+    if not tag:
+        raise InputError(f"{name}: expected openclip:ARCH/TAG, e.g. openclip:ViT-B-16/openai")
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        raise InputError(f"{name}: open_clip has no weights {tag!r} for {arch!r}; known: {', '.join(tags) or 'none'}")
+    path: Path | None = None
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        repo, fname = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+        path = cached_hf(repo, ((fname,) if fname else ()) + HF_FILES)
+    if path is None and cfg.get("url"):
+        c = cached_url(cfg["url"], os.path.expanduser("~/.cache/clip"))
+        path = c if c.is_file() else None
+    if path is None:
+        if offline():
+            raise _missing(name, hub or cfg.get("url", ""))
+        try:
+            path = Path(open_clip.pretrained.download_pretrained(cfg))
+        except Exception as e:  # noqa: BLE001
+            raise _missing(name, hub or cfg.get("url", ""), f"{type(e).__name__}: {e}") from None
+    raw = read_checkpoint(path, trust=opts.trust)
+    if opts.quick_gelu is None:
+        opts = dataclasses.replace(opts, quick_gelu=bool(cfg.get("quick_gelu", False)))
+    model = openclip_vit.load(raw, opts, name, sha256_file(path))
+    model.keys.steps.insert(0, f"open_clip pretrained {arch}/{tag} from {path}")
+    t = model.transform
+    spec = dataclasses.replace(t, mean=tuple(cfg.get("mean", t.mean)), std=tuple(cfg.get("std", t.std)),
+                               interpolation=cfg.get("interpolation", t.interpolation))
+    return dataclasses.replace(model, transform=spec)

@@ -1,0 +1,208 @@
+"""CLIP ViTs (OpenAI and OpenCLIP weights), built with open_clip's own CLIP class.
+
+Forms: OpenCLIP training checkpoints `{'epoch', 'name', 'state_dict': {'module.visual.*', ...}}`,
+OpenCLIP / OpenAI state dicts (`visual.*` plus the text tower), and OpenAI TorchScript archives
+(`read_checkpoint` returns their state dict when trusted). The config is inferred from shapes the way
+open_clip's `build_model_from_openai_state_dict` does, extended to MLP ratio, layer scale, heads.
+
+QuickGELU rule (OpenAI trained with QuickGELU, OpenCLIP defaults to GELU; the weights cannot tell):
+1. `--quick-gelu/--no-quick-gelu` wins;
+2. OpenAI markers (`input_resolution`, `context_length`, `vocab_size` entries, present in OpenAI's
+   TorchScript archives and state dicts taken from them) -> QuickGELU;
+3. OpenCLIP training checkpoint -> QuickGELU iff its run `name` contains "quickgelu" (open_clip's default
+   run name embeds the model name, e.g. `...-model_ViT-B-32-quickgelu-...`);
+4. otherwise GELU (open_clip's default). The decision is recorded in the key report.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+from ..data.transform import clip_vit
+from ..errors import InputError
+from .base import ArchSpec, Backbone, KeyReport, LoadedModel, LoadOptions
+from .keys import all_have_prefix, drop_keys, heads_for_width, is_state_dict, strict_load, strip_prefix, to_float32
+
+FAMILY = "openclip"
+OPENAI_MARKERS = ("input_resolution", "context_length", "vocab_size")
+SIZE_NAMES = {768: "B", 1024: "L", 1280: "H", 1408: "g", 1664: "bigG", 384: "S", 192: "Ti"}
+TEXT_HEAD_WIDTH = 64  # open_clip / OpenAI text towers: heads = width // 64
+
+
+def unwrap(raw, opts: LoadOptions | None = None) -> tuple[dict, KeyReport, dict] | None:
+    """Find a CLIP state dict; returns it, the key report and hints (run name, OpenAI markers)."""
+    opts = opts or LoadOptions()
+    report = KeyReport(format="CLIP state_dict")
+    hints: dict = {"training_name": None, "openai_markers": False}
+    obj = raw
+    if isinstance(obj, dict) and opts.checkpoint_key is not None and opts.checkpoint_key in obj:
+        obj = obj[opts.checkpoint_key]
+        report.steps.append(f"took checkpoint['{opts.checkpoint_key}'] (--checkpoint-key)")
+    elif isinstance(obj, dict) and "state_dict" in obj and is_state_dict(obj["state_dict"]):
+        report.format = "OpenCLIP training checkpoint {'epoch', 'name', 'state_dict'}"
+        hints["training_name"] = str(obj.get("name", ""))
+        obj = obj["state_dict"]
+        report.steps.append("took checkpoint['state_dict']")
+    if not is_state_dict(obj):
+        return None
+    sd = dict(obj)
+    if all_have_prefix(sd, "module."):
+        sd = strip_prefix(sd, "module.")
+        report.steps.append("stripped prefix 'module.'")
+    if "visual.conv1.weight" not in sd:
+        return None
+    markers = [k for k in OPENAI_MARKERS if k in sd]
+    if markers:
+        hints["openai_markers"] = True
+        report.format = "OpenAI CLIP state_dict (TorchScript layout)"
+        for k in markers:
+            sd.pop(k)
+        report.dropped.extend(markers)
+        report.steps.append(f"dropped OpenAI scalar entries {', '.join(markers)}")
+    if "attn_mask" in sd:  # a buffer that open_clip rebuilds (not persistent); TorchScript state dicts carry it
+        sd.pop("attn_mask")
+        report.dropped.append("attn_mask")
+    return sd, report, hints
+
+
+def detect(raw) -> bool:
+    return unwrap(raw) is not None
+
+
+def quick_gelu_rule(opts: LoadOptions, hints: dict) -> tuple[bool, str]:
+    """See the module docstring; returns the choice and why, for the key report."""
+    if opts.quick_gelu is not None:
+        return opts.quick_gelu, "--quick-gelu" if opts.quick_gelu else "--no-quick-gelu"
+    if hints.get("openai_markers"):
+        return True, "OpenAI markers present"
+    name = hints.get("training_name")
+    if name is not None:
+        if "quickgelu" in name.lower():
+            return True, f"training run name {name!r} mentions quickgelu"
+        return False, "OpenCLIP training checkpoint without quickgelu in its run name"
+    return False, "no OpenAI markers (open_clip default); pass --quick-gelu for OpenAI-trained weights"
+
+
+def _count(sd: dict, prefix: str) -> int:
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({m.group(1) for k in sd if (m := pat.match(k))})
+
+
+def _need(sd: dict, key: str, source: str) -> torch.Tensor:
+    if key not in sd:
+        raise InputError(f"{source}: missing key {key!r} needed to infer the CLIP architecture")
+    return sd[key]
+
+
+def infer_config(sd: dict, opts: LoadOptions, source: str) -> tuple[int, CLIPVisionCfg, CLIPTextCfg, dict]:
+    """embed_dim, vision/text configs and CLIP kwargs, from shapes (ViT towers only)."""
+    if any(k.startswith("visual.layer1.") for k in sd):
+        raise InputError(f"{source}: ResNet CLIP towers are not supported (ViT only)")
+    if any(k.startswith("visual.attn_pool") for k in sd):
+        raise InputError(f"{source}: CLIP towers with an attentional pooler are not supported")
+    conv = _need(sd, "visual.conv1.weight", source)
+    width, patch = conv.shape[0], conv.shape[-1]
+    seq = _need(sd, "visual.positional_embedding", source).shape[0]
+    grid = round((seq - 1) ** 0.5)
+    if grid * grid != seq - 1:
+        raise InputError(f"{source}: visual.positional_embedding has {seq} tokens, not 1 + a square grid")
+    layers = _count(sd, "visual.transformer.resblocks.")
+    if layers == 0:
+        raise InputError(f"{source}: no visual.transformer.resblocks.N tensors found")
+    mlp = _need(sd, "visual.transformer.resblocks.0.mlp.c_fc.weight", source).shape[0]
+    heads = heads_for_width(width, opts.num_heads, source)
+    embed_dim = _need(sd, "visual.proj", source).shape[1]
+    vision = CLIPVisionCfg(
+        layers=layers,
+        width=width,
+        head_width=width // heads,
+        mlp_ratio=mlp / width,
+        patch_size=patch,
+        image_size=grid * patch,
+        ls_init_value=1e-5 if "visual.transformer.resblocks.0.ls_1.gamma" in sd else None,
+        no_ln_pre="visual.ln_pre.weight" not in sd,
+    )
+    t_width = _need(sd, "ln_final.weight", source).shape[0]
+    t_layers = _count(sd, "transformer.resblocks.")
+    t_mlp = _need(sd, "transformer.resblocks.0.mlp.c_fc.weight", source).shape[0]
+    text = CLIPTextCfg(
+        context_length=_need(sd, "positional_embedding", source).shape[0],
+        vocab_size=_need(sd, "token_embedding.weight", source).shape[0],
+        width=t_width,
+        heads=max(1, t_width // TEXT_HEAD_WIDTH),
+        layers=t_layers,
+        mlp_ratio=t_mlp / t_width,
+        ls_init_value=1e-5 if "transformer.resblocks.0.ls_1.gamma" in sd else None,
+        proj_bias="text_projection.bias" in sd,
+    )
+    scale = sd.get("logit_scale")
+    kwargs = {
+        "init_logit_bias": 0.0 if "logit_bias" in sd else None,
+        "nonscalar_logit_scale": scale is not None and scale.ndim > 0,
+    }
+    return int(embed_dim), vision, text, kwargs
+
+
+class OpenCLIPBackbone(Backbone):
+    """The vision tower seen as tokens -> pool -> `visual.proj`; the text tower stays on `self.clip`."""
+
+    def __init__(self, model: CLIP, details: dict) -> None:
+        super().__init__()
+        self.clip = model
+        self.details = details
+        self.num_prefix_tokens = 1
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.clip.visual
+        return v.ln_post(v.transformer(v._embeds(x)))  # what open_clip's _pool sees, before pooling
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        proj = self.clip.visual.proj
+        return pooled if proj is None else pooled @ proj.to(pooled.dtype)
+
+
+def load(raw, opts: LoadOptions, source: str, sha256: str | None) -> LoadedModel:
+    found = unwrap(raw, opts)
+    if found is None:
+        raise InputError(f"{source}: not a CLIP checkpoint (no visual.conv1.weight after unwrapping)")
+    sd, report, hints = found
+    sd, ignored = drop_keys(sd, opts.ignore_keys)
+    report.ignored = ignored
+    sd = to_float32(sd)
+    embed_dim, vision, text, kwargs = infer_config(sd, opts, source)
+    quick_gelu, why = quick_gelu_rule(opts, hints)
+    report.steps.append(f"activation: {'QuickGELU' if quick_gelu else 'GELU'} ({why})")
+    model = CLIP(embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=quick_gelu, **kwargs)
+    strict_load(model, sd, source)
+    model.eval().requires_grad_(False)
+    arch = ArchSpec(
+        family=FAMILY,
+        name=f"ViT-{SIZE_NAMES.get(vision.width, f'w{vision.width}')}-{vision.patch_size}",
+        image_size=int(vision.image_size),
+        patch_size=int(vision.patch_size),
+        width=int(vision.width),
+        depth=int(vision.layers),
+        heads=int(vision.width // vision.head_width),
+        mlp_dim=int(round(vision.width * vision.mlp_ratio)),
+        num_prefix_tokens=1,
+        num_classes=None,
+        embed_dim=embed_dim,
+    )
+    details = {
+        "quick_gelu": quick_gelu,
+        "text": {"width": text.width, "layers": text.layers, "heads": text.heads,
+                 "context_length": text.context_length, "vocab_size": text.vocab_size},
+        "params_visual": sum(p.numel() for p in model.visual.parameters()),
+    }
+    return LoadedModel(
+        backbone=OpenCLIPBackbone(model, details),
+        arch=arch,
+        transform=clip_vit(arch.image_size),
+        keys=report,
+        source=source,
+        sha256=sha256,
+        params=sum(p.numel() for p in model.parameters()),
+    )

@@ -1,0 +1,68 @@
+"""Hub names resolve through each library's cache; offline and uncached is one clear error, never random weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lastvit_eval.errors import InputError
+from lastvit_eval.models import load_model
+
+from .conftest import tiny_vit
+from .tiny_models import tiny_clip
+
+
+@pytest.fixture
+def offline_empty_cache(tmp_path, monkeypatch):
+    for var in ("TORCH_HOME", "HF_HOME", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.setenv(var, str(tmp_path / "home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path / "home"
+
+
+@pytest.mark.parametrize("name", ["torchvision:vit_b_16", "timm:vit_base_patch16_224.dino", "openclip:ViT-B-16/openai"])
+def test_offline_uncached_is_one_clear_error(offline_empty_cache, name):
+    with pytest.raises(InputError) as e:
+        load_model(name)
+    msg = str(e.value)
+    assert name in msg and "offline" in msg and "not in the local cache" in msg and "--checkpoint" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize(("name", "match"), [("torchvision:resnet50", "only torchvision ViTs"),
+                                             ("torchvision:vit_b_16/NOPE", "unknown weights 'NOPE'"),
+                                             ("timm:no_such_model_xyz", "no pretrained weights"),
+                                             ("openclip:ViT-B-16/nope", "no weights 'nope'")])
+def test_bad_hub_names(offline_empty_cache, name, match):
+    with pytest.raises(InputError, match=match):
+        load_model(name)
+
+
+def test_torchvision_weights_from_the_torch_hub_cache(offline_empty_cache):
+    """A file in torch.hub's cache is used as is; the transform comes from the weights enum."""
+    ckpt = offline_empty_cache / "hub" / "checkpoints" / "vit_b_16-c867db91.pth"
+    ckpt.parent.mkdir(parents=True)
+    torch.save(tiny_vit(num_classes=1000).state_dict(), ckpt)  # stands in for the real file (shapes inferred)
+    loaded = load_model("torchvision:vit_b_16")
+    assert loaded.arch.family == "torchvision" and loaded.source == "torchvision:vit_b_16"
+    t = loaded.transform
+    assert (t.resize, t.crop, t.interpolation) == (256, 224, "bilinear")
+    assert loaded.sha256 and str(ckpt) in loaded.keys.steps[0]
+
+
+def test_openclip_weights_from_the_hf_cache(offline_empty_cache):
+    """An HF-cache layout (refs/main -> snapshots/<rev>/file) is found; the openai tag implies QuickGELU."""
+    repo = offline_empty_cache / "hub" / "models--timm--vit_base_patch16_clip_224.openai"
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    ref = tiny_clip(seed=7, quick_gelu=True)
+    torch.save(ref.state_dict(), snap / "open_clip_pytorch_model.bin")
+    loaded = load_model("openclip:ViT-B-16/openai")
+    assert loaded.backbone.details["quick_gelu"] is True
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        emb = loaded.backbone.project(loaded.backbone.tokens(x)[:, 0])
+        assert (emb - ref.encode_image(x)).abs().max() < 1e-4
