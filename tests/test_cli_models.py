@@ -8,15 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_models_dino import main_dino
+from tiny_models import tiny_clip, tiny_timm
 from typer.testing import CliRunner
 
 from lastvit_eval.app import app
 from lastvit_eval.engine.dataset import load_rgb
 from lastvit_eval.features_io import load_features
 from lastvit_eval.models import LoadOptions, load_model
-
-from .test_models_dino import main_dino
-from .tiny_models import tiny_clip, tiny_timm
 
 runner = CliRunner()
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_vit
+from tiny_models import tiny_clip
 
 from lastvit_eval.errors import InputError
 from lastvit_eval.models import load_model
-
-from .conftest import tiny_vit
-from .tiny_models import tiny_clip
 
 
 @pytest.fixture

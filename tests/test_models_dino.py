@@ -9,13 +9,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
+from tiny_models import tiny_timm
 
 from lastvit_eval.errors import InputError
 from lastvit_eval.models import LoadOptions, load_model
 from lastvit_eval.models.dino_vit import infer_arch
 from lastvit_eval.pooling import PoolingSpec, pool
-
-from .tiny_models import tiny_timm
 
 DINO_HEAD = {"head.mlp.0.weight": torch.randn(16, 192), "head.mlp.0.bias": torch.zeros(16),
              "head.last_layer.weight_g": torch.ones(32, 1), "head.last_layer.weight_v": torch.randn(32, 16)}

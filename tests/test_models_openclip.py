@@ -7,13 +7,12 @@ import os
 import pytest
 import torch
 from open_clip.tokenizer import SimpleTokenizer
+from tiny_models import tiny_clip
 
 from lastvit_eval.errors import InputError
 from lastvit_eval.models import LoadOptions, load_model
 from lastvit_eval.models.clip_text import Prompts, build_classifier, imagenet_prompts, text_classifier
 from lastvit_eval.pooling import PoolingSpec, pool
-
-from .tiny_models import tiny_clip
 
 MARKERS = {"input_resolution": torch.tensor(32), "context_length": torch.tensor(77), "vocab_size": torch.tensor(49408)}
 
@@ -150,7 +149,7 @@ def test_zero_shot_classifier_matches_manual_reference(tmp_path, monkeypatch):
 
 
 def test_zero_shot_needs_clip(tmp_path):
-    from .tiny_models import tiny_timm
+    from tiny_models import tiny_timm
 
     torch.save(tiny_timm().state_dict(), tmp_path / "d.pth")
     with pytest.raises(InputError, match="CLIP"):

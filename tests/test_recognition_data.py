@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import write_jpeg
 
 from lastvit_eval.data.recognition import class_list, few_shot, from_csv, from_folder, from_imagenet
 from lastvit_eval.errors import InputError
-
-from conftest import write_jpeg
 
 
 def _tree(root, classes, per):
