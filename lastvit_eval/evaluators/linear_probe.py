@@ -108,7 +108,7 @@ def fit_heads(
     for (lr, wd), w, b in zip(configs, ws, bs, strict=True):
         groups.append({"params": [w], "lr": lr, "weight_decay": wd})  # L2 in the gradient = coupled penalty
         groups.append({"params": [b], "lr": lr, "weight_decay": 0.0})
-    opt = torch.optim.Adam(groups)
+    opt = torch.optim.Adam(groups, fused=True)  # the per-tensor loop is several times slower on CPU
     steps = epochs * math.ceil(x.shape[0] / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     for _ in range(epochs):
