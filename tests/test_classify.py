@@ -1,0 +1,78 @@
+"""Own-head classification from logits: hand-computed top-1/top-5, per-class recall, bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lastvit_eval.errors import InputError
+from lastvit_eval.evaluators import classify, get
+from lastvit_eval.evaluators.scoring import mean_per_class_recall
+
+
+def _logits():
+    # 7 classes, 4 samples. Row 0: argmax 2. Row 1: label 6 ranked 6th (miss top-5).
+    # Row 2: ties between 0 and 3 -> lower index (0) is the prediction. Row 3: label ranked 5th.
+    z = np.array(
+        [
+            [0.0, 1.0, 5.0, 2.0, 0.5, 0.1, 0.2],
+            [6.0, 5.0, 4.0, 3.0, 2.0, 0.0, 1.0],
+            [3.0, 1.0, 0.0, 3.0, 0.0, 0.0, 0.0],
+            [5.0, 4.0, 3.0, 2.0, 0.0, 0.0, 1.0],
+        ],
+        dtype=np.float32,
+    )
+    y = np.array([2, 6, 3, 6])
+    return z, y
+
+
+def test_registered():
+    assert get("classify").fn is classify.evaluate and get("classify").taps == ("logits",)
+
+
+def test_hand_computed():
+    z, y = _logits()
+    res = classify.evaluate(z, y, test_ids=["a", "b", "c", "d"])
+    assert list(res.rows["pred"]) == [2, 0, 0, 0]
+    assert list(res.rows["top1"]) == [True, False, False, False]
+    # Row 1: order 0,1,2,3,4,6,5 -> label 6 is 6th; row 3: order 0,1,2,3,6 -> label 6 is 5th.
+    assert list(res.rows["top5"]) == [True, False, True, True]
+    assert res.metrics["classify.top1"].value == pytest.approx(25.0)
+    assert res.metrics["classify.top5"].value == pytest.approx(75.0)
+    # Per-class recall: class 2 -> 1/1, class 3 -> 0/1, class 6 -> 0/2; mean over present classes = 1/3.
+    assert res.metrics["classify.mean_per_class_recall"].value == pytest.approx(100.0 / 3)
+    pc = res.tables["per_class"]
+    assert list(pc["class"]) == [2, 3, 6] and list(pc["n"]) == [1, 1, 2]
+    assert list(pc["top1"]) == pytest.approx([100.0, 0.0, 0.0])
+    assert list(res.rows.columns[:2]) == ["image_id", "label"]
+
+
+def test_metrics_have_cis():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(300, 10)).astype(np.float32)
+    y = rng.integers(0, 10, 300)
+    res = classify.evaluate(z, y)
+    for m in res.metrics.values():
+        assert m.ci_low <= m.value <= m.ci_high and m.n == 300
+
+
+def test_mean_per_class_recall_literal():
+    y = np.array([0, 0, 0, 1, 2, 2])
+    c = np.array([1, 1, 0, 0, 1, 0], dtype=bool)
+    assert mean_per_class_recall(y, c) == pytest.approx((2 / 3 + 0 + 1 / 2) / 3)
+
+
+@pytest.mark.parametrize(
+    "z, y, kw, match",
+    [
+        (np.zeros((2, 3)), np.array([0, 3]), {}, "outside the 3"),
+        (np.zeros((2, 3)), np.array([0, -1]), {}, "negative"),
+        (np.array([[0.0, np.nan, 0.0], [0, 0, 0]]), np.array([0, 1]), {}, "non-finite"),
+        (np.zeros((2, 3)), np.array([0, 1]), {"num_classes": 4}, "num_classes=4"),
+        (np.zeros((0, 3)), np.zeros(0, int), {}, "empty"),
+        (np.zeros((2, 3)), np.array([0, 1, 2]), {}, "3 labels for 2"),
+    ],
+)
+def test_bad_inputs(z, y, kw, match):
+    with pytest.raises(InputError, match=match):
+        classify.evaluate(z, y, **kw)
