@@ -30,6 +30,9 @@ def get(name: str) -> EvaluatorInfo:
     from ..errors import InputError
 
     _load_builtin()
+    for alias in (name, name.replace("-", "_"), name.replace("_", "-")):
+        if alias in EVALUATORS:
+            return EVALUATORS[alias]
     if name not in EVALUATORS:
         raise InputError(f"unknown evaluator {name!r}; available: {', '.join(sorted(EVALUATORS))}")
     return EVALUATORS[name]

@@ -1,0 +1,70 @@
+"""`run`: several evaluators over one forward pass per image set; single-evaluator shortcuts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+from conftest import write_jpeg
+from typer.testing import CliRunner
+
+from lastvit_eval.app import app
+from lastvit_eval.engine import extract as extract_mod
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def with_train(imagenet_root):
+    for n, wnid in enumerate(sorted(p.name for p in (imagenet_root / "val").iterdir())):
+        for i in range(10):
+            write_jpeg(imagenet_root / "train" / wnid / f"tr_{wnid}_{i}.JPEG", (40 + 5 * i, 36), seed=100 * n + i)
+    return imagenet_root
+
+
+def test_run_all_evaluators_one_pass_per_split(with_train, detectron2_ckpt, tmp_path, monkeypatch):
+    calls = []
+    real = extract_mod.extract
+
+    def spy(model, paths, request, engine, **kw):
+        calls.append((len(paths), sorted(request.taps)))
+        return real(model, paths, request, engine, **kw)
+
+    monkeypatch.setattr("lastvit_eval.pipelines.run.extract", spy)
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["run", "-c", str(detectron2_ckpt), "-r", str(with_train), "-o", str(out),
+                            "-e", "patch-hit,knn,linear-probe,classify", "-p", "last", "-p", "cls", "--ks", "1,3",
+                            "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output + (r.stderr or "")
+    # one pass over val (all taps) and one over train (pooled), for both poolings together
+    assert calls == [(8, ["logits", "patch_scores", "pooled"]), (40, ["pooled"])]
+    for pooling in ("last-k1", "cls"):
+        rec = json.loads((out / pooling / "metrics.json").read_text())
+        keys = set(rec["metrics"])
+        assert {"patch_hit.top1", "knn.k1.top1", "knn.k3.top5", "linear_probe.top1", "classify.top1"} <= keys
+        assert rec["provenance"]["pooling"]["name"] == pooling
+        assert rec["info"]["patch-hit"]["evaluated"] == 5
+        assert len(pd.read_csv(out / pooling / "knn_rows.csv")) == 8
+
+
+def test_patch_hit_in_run_equals_patch_hit_command(with_train, detectron2_ckpt, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert runner.invoke(app, ["run", "-c", str(detectron2_ckpt), "-r", str(with_train), "-o", str(a), "-e",
+                               "patch-hit", "-p", "cls", "--workers", "0", "--no-progress"]).exit_code == 0
+    assert runner.invoke(app, ["patch-hit", "-c", str(detectron2_ckpt), "-r", str(with_train), "-o", str(b), "-p",
+                               "cls", "--workers", "0", "--no-progress"]).exit_code == 0
+    ra, rb = pd.read_csv(a / "patch_hit_rows.csv"), pd.read_csv(b / "patch_hit_rows.csv")
+    pd.testing.assert_frame_equal(ra, rb, check_exact=False, atol=1e-6)
+
+
+def test_knn_shortcut_and_errors(with_train, detectron2_ckpt, tmp_path):
+    r = runner.invoke(app, ["knn", "-c", str(detectron2_ckpt), "-r", str(with_train), "-o", str(tmp_path / "k"),
+                            "--ks", "2", "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output + (r.stderr or "")
+    shutil.rmtree(with_train / "train")
+    r = runner.invoke(app, ["knn", "-c", str(detectron2_ckpt), "-r", str(with_train), "--no-progress"])
+    assert r.exit_code == 2 and "training set" in (r.stderr or r.output)
+    r = runner.invoke(app, ["run", "-c", str(detectron2_ckpt), "-r", str(with_train), "-e", "bogus"])
+    assert r.exit_code == 2 and "unknown evaluator" in (r.stderr or r.output)
