@@ -30,7 +30,7 @@ def natural_key(name: str) -> tuple:
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
-    """Each path is a run folder (holds metrics.json) or a folder of run folders (`*/metrics.json`)."""
+    """Each path is a run folder (holds metrics.json) or a folder holding run folders at any depth."""
     runs: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
@@ -42,7 +42,7 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
         elif (p / "metrics.json").is_file():
             runs.append(p)
         else:
-            children = sorted(m.parent for m in p.glob("*/metrics.json"))
+            children = sorted(m.parent for m in p.rglob("metrics.json"))
             if not children:
                 raise InputError(f"{p}: no metrics.json in it nor in any of its sub-directories")
             runs.extend(children)

@@ -1,0 +1,37 @@
+"""`lastvit-eval demo`: the whole tool on bundled data and checkpoints, offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..app import app
+from . import options as o
+
+
+@app.command("demo")
+def demo(
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where to write the demo's results.")]
+    = Path("results/demo"),
+    device: o.Device = "auto",
+    dtype: o.Dtype = "fp32",
+    workers: o.Workers = None,
+    no_progress: o.NoProgress = False,
+) -> None:
+    """Run patch-hit, k-NN, linear probe and classification for two bundled tiny ViTs (CLS- and LAST-trained)."""
+    import pandas as pd
+
+    from ..pipelines.demo import run_demo
+    from ..report import aggregate as agg
+    from ..report.console import console
+    from ..report.show import print_frame
+
+    out = run_demo(output_dir, o.engine_spec(device, dtype, 64, workers, "skip"), progress=not no_progress)
+    long = agg.aggregate(out.runs)
+    print_frame(agg.display_table(long), title="demo: tiny ViTs on the bundled synthetic data "
+                "(not the paper's ImageNet numbers)", console=console)
+    cmp = pd.read_csv(out.comparison["csv"]).head(1)
+    print_frame(cmp, title="PiB: LAST-trained model (last) vs CLS-trained model (cls), paired", console=console)
+    console.print(f"results in [bold]{output_dir}[/]: report.md, report.csv, compare/, pictures/, one folder per run")

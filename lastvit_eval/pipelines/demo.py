@@ -1,0 +1,67 @@
+"""The demo: both bundled tiny checkpoints (CLS-trained and LAST-trained) through every evaluator.
+
+One forward pass per checkpoint and image set; results/demo/<checkpoint>/<pooling>/ per run, an
+aggregated report (the CI baseline format), a paired LAST-vs-CLS comparison and a heatmap picture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ..data.recognition import from_imagenet
+from ..engine.device import EngineSpec
+from ..errors import InputError
+from ..models import load_model
+from ..pooling import PoolingSpec
+from .run import PibOptions, RunConfig, run_evaluators
+
+EVALUATORS = ["patch-hit", "knn", "linear-probe", "classify"]
+CHECKPOINTS = ("tiny_cls.pth", "tiny_last.pth")
+POOLINGS = (PoolingSpec("cls"), PoolingSpec("last", topk=1))
+
+
+def bundled() -> tuple[Path, list[Path]]:
+    base = Path(str(resources.files("lastvit_eval") / "demo"))
+    data, ckpts = base / "data", [base / "checkpoints" / c for c in CHECKPOINTS]
+    missing = [str(p) for p in [data, *ckpts] if not p.exists()]
+    if missing:
+        raise InputError(f"bundled demo files are missing ({', '.join(missing)}); reinstall lastvit-eval")
+    return data, ckpts
+
+
+@dataclass
+class DemoOutput:
+    runs: list[Path]
+    report: dict
+    comparison: dict
+    pictures: list[Path]
+
+
+def run_demo(out: Path, engine: EngineSpec, progress: bool = True, ks: tuple[int, ...] = (10, 20)) -> DemoOutput:
+    from ..data.filters import FilterSpec
+    from ..report import aggregate as agg
+    from ..report import compare as cmp
+    from .visualize import run_visualize
+
+    data, ckpts = bundled()
+    val, train = from_imagenet(data, "val"), from_imagenet(data, "train")
+    runs = []
+    for ckpt in ckpts:
+        model = load_model(ckpt)
+        cfg = RunConfig(evaluators=EVALUATORS, poolings=list(POOLINGS), val=val, train=train,
+                        pib=PibOptions(root=data), ks=ks, dataset_name="demo")
+        run_evaluators(model, cfg, engine, out / ckpt.stem, progress=progress)
+        runs += [out / ckpt.stem / p.name for p in POOLINGS]
+    long = agg.aggregate(runs)
+    report = agg.write_report(long, out)
+    # the paper's comparison: each model with the pooling it was trained with
+    comparison = cmp.write_comparison(
+        cmp.compare_runs(out / "tiny_cls" / "cls", out / "tiny_last" / "last-k1", "patch_hit.top1"),
+        out / "compare")
+    pictures = []
+    for ckpt, pooling in zip(ckpts, POOLINGS, strict=True):
+        pictures += run_visualize(load_model(ckpt), data, None, FilterSpec(), pooling, engine,
+                                  out / "pictures" / ckpt.stem, sample=8, seed=0, progress=progress)
+    return DemoOutput(runs=runs, report=report, comparison=comparison, pictures=pictures)
