@@ -106,3 +106,19 @@ def detectron2_ckpt(tmp_path: Path, tiny_model: VisionTransformer) -> Path:
     path = tmp_path / "tiny_d2.pth"
     torch.save({"model": {"model." + k: v for k, v in tiny_model.state_dict().items()}, "iteration": 190000}, path)
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.gpu` tests need CUDA; on a CPU-only machine they are skipped, not failed."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """No test may read or fill the user's real feature cache."""
+    monkeypatch.setenv("LASTVIT_EVAL_CACHE", str(tmp_path_factory.mktemp("cache")))

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from ..engine.cache import DEFAULT_SHARD_SIZE, CacheSpec
 from ..engine.device import EngineSpec
 from ..models import LoadOptions
 from ..pooling import PoolingSpec
@@ -17,6 +18,7 @@ MODEL = "Model"
 DATA = "Data"
 ENGINE = "Engine"
 OUTPUT = "Output"
+CACHE = "Cache"
 
 Checkpoint = Annotated[
     str,
@@ -56,6 +58,19 @@ BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Image
                                         rich_help_panel=ENGINE)]
 Workers = Annotated[int | None, typer.Option("--workers", "-j", min=0, help="Decoding processes (default min(4, CPUs)).",
                                              rich_help_panel=ENGINE)]
+ChannelsLast = Annotated[bool, typer.Option("--channels-last", help="channels_last memory format for the "
+                                            "patch embedding.", rich_help_panel=ENGINE)]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (falls back to eager with a "
+                                       "warning if compiling fails).", rich_help_panel=ENGINE)]
+Decode = Annotated[str, typer.Option("--decode", help="cpu (PIL in workers) or gpu (nvJPEG + resize on the GPU; "
+                                     "a parity check against cpu is reported).", rich_help_panel=ENGINE)]
+CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Feature cache folder (default "
+                                               "$LASTVIT_EVAL_CACHE, else $XDG_CACHE_HOME/lastvit-eval, else "
+                                               "~/.cache/lastvit-eval).", rich_help_panel=CACHE)]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the feature cache.",
+                                       rich_help_panel=CACHE)]
+ShardSize = Annotated[int, typer.Option("--shard-size", min=1, help="Images per cache shard (the unit of resume "
+                                        "and of distributed work).", rich_help_panel=CACHE)]
 OnBadImage = Annotated[str, typer.Option("--on-bad-image", help="skip (listed in the result) or fail.",
                                          rich_help_panel=ENGINE)]
 
@@ -80,14 +95,22 @@ def pooling_spec(pooling: str, topk: int, sigma: float | None, formula: str) -> 
     return PoolingSpec(kind=pooling, topk=topk, sigma=sigma, formula=formula)  # type: ignore[arg-type]
 
 
-def engine_spec(device: str, dtype: str, batch_size: int, workers: int | None, on_bad_image: str) -> EngineSpec:
+def engine_spec(device: str, dtype: str, batch_size: int, workers: int | None, on_bad_image: str,
+                channels_last: bool = False, compile: bool = False, decode: str = "cpu") -> EngineSpec:
     from ..errors import InputError
 
+    if decode not in ("cpu", "gpu"):
+        raise InputError(f"--decode {decode!r}: use cpu or gpu")
     if on_bad_image not in ("skip", "fail"):
         raise InputError(f"--on-bad-image {on_bad_image!r}: use skip or fail")
     if dtype not in ("fp32", "bf16", "fp16"):
         raise InputError(f"--dtype {dtype!r}: use fp32, bf16 or fp16")
-    return EngineSpec(device=device, dtype=dtype, batch_size=batch_size, workers=workers, on_bad_image=on_bad_image)
+    return EngineSpec(device=device, dtype=dtype, batch_size=batch_size, workers=workers, on_bad_image=on_bad_image,
+                      channels_last=channels_last, compile=compile, decode=decode)
+
+
+def cache_spec(cache_dir: Path | None, no_cache: bool, shard_size: int = DEFAULT_SHARD_SIZE) -> CacheSpec:
+    return CacheSpec(dir=cache_dir, enabled=not no_cache, shard_size=shard_size)
 
 
 def run_dir(output_dir: Path | None, run_name: str | None, *parts: str) -> Path:

@@ -50,11 +50,18 @@ def patch_hit(
     batch_size: o.BatchSize = 64,
     workers: o.Workers = None,
     on_bad_image: o.OnBadImage = "skip",
+    channels_last: o.ChannelsLast = False,
+    compile: o.Compile = False,
+    decode: o.Decode = "cpu",
+    cache_dir: o.CacheDir = None,
+    no_cache: o.NoCache = False,
+    shard_size: o.ShardSize = o.DEFAULT_SHARD_SIZE,
     output_dir: o.OutputDir = None,
     run_name: o.RunName = None,
     no_progress: o.NoProgress = False,
 ) -> None:
     """Point-in-box: how often the patch most similar to the pooled token lies inside the object's box."""
+    from ..engine.distributed import session
     from ..pipelines.patch_hit import run_patch_hit
     from ..report.console import console, print_counts, print_result
 
@@ -64,17 +71,26 @@ def patch_hit(
     if not 0 < max_box_area <= 1:
         raise InputError(f"--max-box-area {max_box_area}: must be in (0, 1]")
     spec = o.pooling_spec(pooling, topk, sigma, score_formula)
-    engine = o.engine_spec(device, dtype, batch_size, workers, on_bad_image)
+    engine = o.engine_spec(device, dtype, batch_size, workers, on_bad_image, channels_last, compile, decode)
+    cache = o.cache_spec(cache_dir, no_cache, shard_size)
     model = load_model(checkpoint, o.load_options(trust_checkpoint, ignore_keys, num_heads, checkpoint_key, family,
                                                   quick_gelu))
     filt = FilterSpec(single_object=single_object, max_box_area=None if max_box_area >= 1 else max_box_area)
     out = o.run_dir(output_dir, run_name, "patch-hit", model.name, spec.name)
-    res = run_patch_hit(model, imagenet_root, boxes, filt, spec, hit_rule, engine, out,  # type: ignore[arg-type]
-                        progress=not no_progress, limit=limit, masks=masks, fg_fraction=fg_fraction)
+    with session(device):
+        res = run_patch_hit(model, imagenet_root, boxes, filt, spec, hit_rule, engine, out,  # type: ignore[arg-type]
+                            progress=not no_progress, limit=limit, cache=cache, masks=masks,
+                            fg_fraction=fg_fraction)
+    if res is None:  # a torch.distributed rank other than 0: its shards are in the cache, rank 0 reports
+        return
     info = res.result.info
     counts = {"found": info["found"], **{f"dropped: {k}": v for k, v in info["dropped"].items()},
               "evaluated": info["evaluated"]}
     print_counts(f"{imagenet_root}", counts)
     print_result(res.result, f"patch-hit  {model.name}  pooling={spec.name}  rule={hit_rule}  "
                              f"({info['images_per_second']} img/s, {res.record['provenance']['device']}, {dtype})")
+    c = info["cache"]
+    if c.get("key"):
+        console.print(f"feature cache {c['key'][:12]}: {c['reused']} shard(s) reused, {c['computed']} computed"
+                      + (f", {len(c['corrupt'])} corrupt recomputed" if c["corrupt"] else ""))
     console.print(f"results written to [bold]{res.out_dir}[/]")

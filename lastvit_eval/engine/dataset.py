@@ -45,3 +45,28 @@ def collate(items):
     idx = torch.tensor([i for i, _ in ok], dtype=torch.long)
     batch = torch.stack([x for _, x in ok]) if ok else None
     return idx, batch, bad
+
+
+class EncodedDataset(Dataset):
+    """Yields (index, file bytes as uint8 [n], error or None) for decoding on the GPU."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            data = Path(self.paths[i]).read_bytes()
+        except OSError as e:
+            return i, None, f"{type(e).__name__}: {e}"
+        if not data:
+            return i, None, "OSError: empty file"
+        return i, torch.frombuffer(bytearray(data), dtype=torch.uint8), None
+
+
+def collate_encoded(items):
+    ok = [(i, x) for i, x, err in items if err is None]
+    bad = [(i, err) for i, x, err in items if err is not None]
+    return torch.tensor([i for i, _ in ok], dtype=torch.long), [x for _, x in ok], bad

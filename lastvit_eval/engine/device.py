@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -20,15 +21,20 @@ class EngineSpec:
     workers: int | None = None  # None: min(4, cpu count)
     on_bad_image: str = "skip"  # skip | fail
     channels_last: bool = False
-    compile: bool = False
+    compile: bool = False  # torch.compile the backbone's tokens function (falls back to eager on failure)
+    decode: str = "cpu"  # cpu: PIL in DataLoader workers | gpu: nvJPEG decode + resize/crop on the device
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda if present; under torchrun (WORLD_SIZE > 1) `auto`/`cuda` mean `cuda:LOCAL_RANK`."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed and torch.cuda.is_available():
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}"
     try:
         dev = torch.device(name)
     except RuntimeError:

@@ -90,6 +90,7 @@ class LoadedModel:
     source: str  # path or hub name
     sha256: str | None
     params: int = 0
+    load_options: LoadOptions | None = None  # set by load_model; part of the feature-cache key
 
     @property
     def name(self) -> str:

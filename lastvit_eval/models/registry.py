@@ -29,7 +29,7 @@ def load_model(checkpoint: str | Path, opts: LoadOptions | None = None) -> Loade
     if ":" in text and not Path(text).exists() and text.split(":", 1)[0] in ("torchvision", "timm", "openclip"):
         from .hub import load_hub
 
-        return load_hub(text, opts)
+        return _with_options(load_hub(text, opts), opts)
     path = Path(text)
     raw = read_checkpoint(path, trust=opts.trust)
     sha = sha256_file(path)
@@ -38,9 +38,15 @@ def load_model(checkpoint: str | Path, opts: LoadOptions | None = None) -> Loade
         chosen = [a for a in adapters if a.FAMILY == opts.family]
         if not chosen:
             raise InputError(f"unknown --family {opts.family!r}; known: {', '.join(a.FAMILY for a in adapters)}")
-        return chosen[0].load(raw, opts, str(path), sha)
+        return _with_options(chosen[0].load(raw, opts, str(path), sha), opts)
     for adapter in adapters:
         if adapter.detect(raw):
-            return adapter.load(raw, opts, str(path), sha)
+            return _with_options(adapter.load(raw, opts, str(path), sha), opts)
     keys = list(raw)[:6] if isinstance(raw, dict) else type(raw).__name__
     raise InputError(f"{path}: unrecognised checkpoint format (top-level keys: {keys})")
+
+
+def _with_options(model: LoadedModel, opts: LoadOptions) -> LoadedModel:
+    """Remember how the model was loaded: options that change outputs belong in the cache key."""
+    model.load_options = opts
+    return model

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..data.filters import FilterSpec, summarize
 from ..data.pib import load_pib_data, targets_for
+from ..engine.cache import CacheSpec
 from ..engine.device import EngineSpec
 from ..engine.extract import TapRequest, extract
 from ..errors import InputError
@@ -40,7 +41,9 @@ def run_patch_hit(
     limit: int | None = None,
     masks: Path | None = None,
     fg_fraction: float = 0.5,
-) -> PatchHitOutput:
+    cache: CacheSpec | None = None,
+) -> PatchHitOutput | None:
+    """Returns None on torch.distributed ranks other than 0 (they only extract their shards)."""
     data = load_pib_data(root, boxes, filt, engine.on_bad_image, masks=masks)
     t = model.transform
     targets = targets_for(data, t.resize, t.crop, model.arch.patch_size, rule, fg_fraction)
@@ -55,7 +58,9 @@ def run_patch_hit(
         raise InputError(f"{root}: no image has a box inside the {t.crop}x{t.crop} center crop")
     paths = [data.records[i].path for i in keep]
     feats = extract(model, paths, TapRequest((pooling,), frozenset({"patch_scores"})), engine, progress=progress,
-                    description=f"patch-hit {pooling.name}")
+                    description=f"patch-hit {pooling.name}", cache=cache)
+    if not feats.assembled:
+        return None
     done = keep[feats.index]
     bad_ids = {Path(p).stem for p, _ in feats.bad}
     if bad_ids:
@@ -80,6 +85,9 @@ def run_patch_hit(
             "hit_rule": rule,
             "images_per_second": round(feats.images_per_second, 2),
             "forward_seconds": round(feats.seconds, 3),
+            "compute_seconds": round(feats.compute_seconds, 3),
+            "cache": feats.cache,
+            "engine": feats.engine_info,
         }
     )
     if data.dropped:

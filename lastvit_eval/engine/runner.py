@@ -1,0 +1,181 @@
+"""The batched forward loop: device placement, OOM backoff, optional torch.compile, CPU or GPU decode.
+
+Set up lazily, so a run whose features all come from the cache never moves the model to the device.
+Batches never cross a shard boundary, and a shard is handed back as soon as its last image is done,
+so the caller can write it to the cache before the next one starts (what makes `kill -9` resumable).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..errors import InputError
+from ..models.base import LoadedModel
+from .cache import Shard
+from .dataset import EncodedDataset, ImageDataset, collate, collate_encoded
+from .device import EngineSpec, resolve_device
+from .progress import console, image_progress
+
+
+def default_workers() -> int:
+    import os
+
+    return min(4, os.cpu_count() or 1)
+
+
+class BatchRunner:
+    """Forward passes for one (model, request, engine); `info` records what happened (backoffs, compile)."""
+
+    def __init__(self, model: LoadedModel, request, engine: EngineSpec) -> None:
+        self.model = model
+        self.request = request
+        self.engine = engine
+        self.device = resolve_device(engine.device)
+        if engine.decode not in ("cpu", "gpu"):
+            raise InputError(f"--decode {engine.decode!r}: use cpu or gpu")
+        if engine.decode == "gpu" and self.device.type != "cuda":
+            raise InputError(f"--decode gpu needs a CUDA device, got {self.device}")
+        self.micro = engine.batch_size  # current sub-batch size; halves on CUDA OOM
+        self.ready = False
+        self.compiled = False
+        self.info: dict = {"batch_size": engine.batch_size, "oom_backoffs": [], "compile": "off"}
+        self.seconds = 0.0
+
+    def setup(self) -> None:
+        if self.ready:
+            return
+        bb = self.model.backbone.to(self.device).eval()
+        if self.engine.channels_last:
+            bb.to(memory_format=torch.channels_last)
+        self.eager_tokens = bb.tokens
+        self.tokens_fn = bb.tokens
+        if self.engine.compile:
+            try:
+                self.tokens_fn = torch.compile(bb.tokens)
+                self.compiled = True
+                self.info["compile"] = "on"
+            except Exception as e:  # noqa: BLE001 - any compile failure falls back to eager
+                self._compile_failed(e)
+        self.ready = True
+
+    def _compile_failed(self, e: BaseException) -> None:
+        msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        warnings.warn(f"torch.compile failed, running eager instead ({msg})", RuntimeWarning, stacklevel=3)
+        self.info["compile"] = f"failed, eager fallback ({msg[:200]})"
+        self.tokens_fn = self.eager_tokens
+        self.compiled = False
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled:
+            try:
+                return self.tokens_fn(x)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - compile errors surface on the first call
+                self._compile_failed(e)
+        return self.eager_tokens(x)
+
+    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """uint8 [B, 3, H, W] (host or device) -> taps on the host; halves the sub-batch on CUDA OOM."""
+        from .extract import forward_taps
+
+        self.setup()
+        x = self.model.transform.normalize(batch.to(self.device, non_blocking=True))
+        if self.engine.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        outs: list[dict[str, torch.Tensor]] = []
+        i = 0
+        while i < len(x):
+            b = min(self.micro, len(x) - i)
+            oom = False
+            try:
+                out = forward_taps(self.model, x[i:i + b], self.request, self.engine.dtype, tokens_fn=self._tokens)
+            except torch.OutOfMemoryError:
+                if b == 1:
+                    raise
+                oom = True
+            if oom:  # outside the except block, so the failed attempt's tensors are already released
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.micro = max(1, b // 2)
+                self.info["oom_backoffs"].append({"from": b, "to": self.micro})
+                console.print(f"[yellow]out of memory at batch {b}; continuing with {self.micro}[/]")
+                continue
+            outs.append({k: v.to("cpu", non_blocking=False) for k, v in out.items()})
+            i += b
+        self.info["batch_size_final"] = self.micro
+        return {k: torch.cat([o[k] for o in outs]) for k in outs[0]} if len(outs) > 1 else outs[0]
+
+    def _loader(self, paths: list[Path], batches: list[list[int]]) -> DataLoader:
+        workers = default_workers() if self.engine.workers is None else self.engine.workers
+        gpu = self.engine.decode == "gpu"
+        return DataLoader(
+            EncodedDataset(paths) if gpu else ImageDataset(paths, self.model.transform),
+            batch_sampler=batches,
+            num_workers=workers,
+            collate_fn=collate_encoded if gpu else collate,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def run(self, paths: list[Path], shards: list[int], shard_size: int, progress: bool = True,
+            description: str = "forward") -> Iterator[tuple[int, Shard]]:
+        """Yield (shard number, Shard) for each requested shard, in order, as soon as it is complete."""
+        if not shards:
+            return
+        self.setup()
+        bounds = {s: (s * shard_size, min((s + 1) * shard_size, len(paths))) for s in shards}
+        batches = [(s, list(range(b, min(b + self.engine.batch_size, hi))))
+                   for s in shards for lo, hi in [bounds[s]] for b in range(lo, hi, self.engine.batch_size)]
+        total = sum(hi - lo for lo, hi in bounds.values())
+        if self.engine.decode == "gpu" and "gpu_decode_parity" not in self.info:
+            from .gpu_decode import parity
+
+            self.info["gpu_decode_parity"] = parity(self.model, [paths[i] for i in batches[0][1]], self.request,
+                                                    self.device, self.engine.dtype)
+        pending: dict[int, dict] = {}
+        n_done = 0
+        t0 = time.perf_counter()
+        loader = self._loader(paths, [b for _, b in batches])
+        with image_progress(progress) as bar, torch.inference_mode():
+            task = bar.add_task(description, total=total, rate="")
+            for (s, members), (idx, batch, errors) in zip(batches, loader, strict=True):
+                acc = pending.setdefault(s, {"seen": 0, "idx": [], "out": [], "bad": []})
+                if self.engine.decode == "gpu" and batch is not None:
+                    idx, batch, errors = self._gpu_decode(paths, idx, batch, errors)
+                for i, err in errors:
+                    if self.engine.on_bad_image == "fail":
+                        raise InputError(f"{paths[i]}: unreadable image ({err}); use --on-bad-image skip to skip it")
+                    acc["bad"].append((i - bounds[s][0], err))
+                if batch is not None and len(idx):
+                    acc["out"].append(self.forward(batch))
+                    acc["idx"].append(idx.numpy() - bounds[s][0])
+                    n_done += len(idx)
+                acc["seen"] += len(members)
+                rate = n_done / max(time.perf_counter() - t0, 1e-9)
+                bar.update(task, advance=len(members), rate=f"{rate:.1f} img/s")
+                lo, hi = bounds[s]
+                if acc["seen"] == hi - lo:
+                    del pending[s]
+                    yield s, _shard(acc)
+        self.seconds += time.perf_counter() - t0
+
+    def _gpu_decode(self, paths, idx, data, errors):
+        from .gpu_decode import decode_batch
+
+        ok, batch, bad = decode_batch(data, [paths[int(i)] for i in idx], self.model.transform, self.device)
+        errors = list(errors) + [(int(idx[j]), err) for j, err in bad]
+        return idx[ok], batch, errors
+
+
+def _shard(acc: dict) -> Shard:
+    index = np.concatenate(acc["idx"]).astype(np.int64) if acc["idx"] else np.zeros(0, dtype=np.int64)
+    arrays = {k: torch.cat([o[k] for o in acc["out"]]).numpy() for k in acc["out"][0]} if acc["out"] else {}
+    return Shard(index=index, arrays=arrays, bad=sorted(acc["bad"]))
