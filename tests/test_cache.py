@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_vit, write_jpeg
 from typer.testing import CliRunner
 
 import lastvit_eval
@@ -22,8 +23,6 @@ from lastvit_eval.engine.device import EngineSpec
 from lastvit_eval.engine.extract import TapRequest, extract
 from lastvit_eval.models import load_model
 from lastvit_eval.pooling import PoolingSpec
-
-from conftest import tiny_vit, write_jpeg
 
 ENGINE = EngineSpec(device="cpu", batch_size=2, workers=0)
 REQUEST = TapRequest((PoolingSpec("last"), PoolingSpec("cls")), frozenset({"patch_scores", "pooled", "votes"}))

@@ -51,7 +51,7 @@ def _datasets(imagenet_root, train, test, train_per_class, seed, need_train):
 
 
 def run_job(evaluators: list[str], checkpoint, imagenet_root, train, test, train_per_class, seed, poolings, ks,
-            temperature, load_opts, engine, output_dir, run_name, no_progress, boxes=None, masks=None):
+            temperature, load_opts, engine, output_dir, run_name, no_progress, boxes=None, masks=None, cache=None):
     from ..data.filters import FilterSpec
     from ..models import load_model
     from ..pipelines.run import PibOptions, RunConfig, run_evaluators
@@ -76,7 +76,12 @@ def run_job(evaluators: list[str], checkpoint, imagenet_root, train, test, train
     cfg = RunConfig(evaluators=evaluators, poolings=specs, val=val, train=tr, pib=pib, ks=k_values,
                     temperature=temperature, seed=seed, dataset_name=name)
     out = o.run_dir(output_dir, run_name, "-".join(evaluators), model.name)
-    results = run_evaluators(model, cfg, engine, out, progress=not no_progress)
+    from ..engine.distributed import session
+
+    with session(engine.device):
+        results = run_evaluators(model, cfg, engine, out, cache=cache, progress=not no_progress)
+    if not results:  # a torch.distributed rank other than 0: its shards are in the cache, rank 0 reports
+        return results
     for pooling, (res, _) in results.items():
         for r in res:
             print_result(r, f"{r.evaluator}  {model.name}  pooling={pooling}")
@@ -111,6 +116,8 @@ def run(
     batch_size: o.BatchSize = 64,
     workers: o.Workers = None,
     on_bad_image: o.OnBadImage = "skip",
+    cache_dir: o.CacheDir = None,
+    no_cache: o.NoCache = False,
     output_dir: o.OutputDir = None,
     run_name: o.RunName = None,
     no_progress: o.NoProgress = False,
@@ -122,7 +129,7 @@ def run(
     run_job(names, checkpoint, imagenet_root, train, test, train_per_class, seed, pooling, ks, temperature,
             o.load_options(trust_checkpoint, ignore_keys, num_heads, checkpoint_key, family),
             o.engine_spec(device, dtype, batch_size, workers, on_bad_image), output_dir, run_name, no_progress,
-            boxes=boxes, masks=masks)
+            boxes=boxes, masks=masks, cache=o.cache_spec(cache_dir, no_cache))
 
 
 def _single(name: str, doc: str):
@@ -146,13 +153,16 @@ def _single(name: str, doc: str):
         batch_size: o.BatchSize = 64,
         workers: o.Workers = None,
         on_bad_image: o.OnBadImage = "skip",
+        cache_dir: o.CacheDir = None,
+        no_cache: o.NoCache = False,
         output_dir: o.OutputDir = None,
         run_name: o.RunName = None,
         no_progress: o.NoProgress = False,
     ) -> None:
         run_job([name], checkpoint, imagenet_root, train, test, train_per_class, seed, pooling, ks, temperature,
                 o.load_options(trust_checkpoint, ignore_keys, num_heads, checkpoint_key, family),
-                o.engine_spec(device, dtype, batch_size, workers, on_bad_image), output_dir, run_name, no_progress)
+                o.engine_spec(device, dtype, batch_size, workers, on_bad_image), output_dir, run_name, no_progress,
+                cache=o.cache_spec(cache_dir, no_cache))
 
     command.__doc__ = doc
     command.__name__ = name.replace("-", "_")

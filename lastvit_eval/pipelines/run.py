@@ -79,6 +79,8 @@ def run_evaluators(
     if cfg.train is not None and any(e in RECOGNITION for e in cfg.evaluators):
         train_feats = _extract(model, cfg.train.paths, {"pooled"}, cfg.poolings, engine, cache, progress, "train")
         train_labels = cfg.train.labels(classes)[train_feats.index]
+    if not val_feats.assembled or (train_feats is not None and not train_feats.assembled):
+        return {}  # a torch.distributed rank other than 0
     pib = pib_targets = None
     if "patch-hit" in cfg.evaluators:
         if cfg.pib is None:
