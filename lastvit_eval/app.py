@@ -2,9 +2,45 @@
 
 from __future__ import annotations
 
+import functools
+import sys
+import traceback
+
 import typer
 
-app = typer.Typer(
+from .errors import LastvitError
+
+state = {"debug": False}
+
+
+def _guard(fn):
+    """Turn our errors into `Error: ...` on stderr and the error's exit code, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LastvitError as e:
+            if state["debug"]:
+                traceback.print_exc()
+            print(f"Error: {e}", file=sys.stderr, flush=True)
+            raise typer.Exit(e.exit_code) from None
+
+    return wrapper
+
+
+class _Typer(typer.Typer):
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+
+        def deco(fn):
+            register(_guard(fn))
+            return fn
+
+        return deco
+
+
+app = _Typer(
     name="lastvit-eval",
     help="Evaluate frozen Vision Transformer checkpoints (point-in-box, k-NN, linear probe, zero-shot, ...)"
     " with CLS, GAP or LAST pooling.",
@@ -12,5 +48,3 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-state = {"debug": False}

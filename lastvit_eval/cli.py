@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import traceback
-
-import click
 import typer
 
 from . import __version__
@@ -30,21 +26,9 @@ def _root(
 load_all()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console-script entry; with --debug, our one-line errors also print their traceback."""
-    try:
-        rv = app(args=argv, standalone_mode=False)
-    except click.ClickException as e:
-        if state["debug"]:
-            traceback.print_exc()
-        e.show()
-        sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        click.echo("Aborted!", err=True)
-        sys.exit(130)
-    sys.exit(rv if isinstance(rv, int) else 0)
+def main() -> None:
+    """Console-script entry."""
+    app()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Image indexes, labels, boxes and masks, filters with a kept/dropped report, transforms as specs."""

@@ -1,0 +1,64 @@
+"""Preprocessing as a recorded spec: resize (short side) + center crop, then normalization on device.
+
+The pixel pipeline is torchvision's own (v2 Resize and CenterCrop on PIL images, as the reference
+weights were evaluated); `geometry.py` reproduces its size and offset arithmetic for annotations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_INTERP = {
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "nearest": InterpolationMode.NEAREST,
+}
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    resize: int = 256  # short side after resize
+    crop: int = 224
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    backend: str = "pil"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def pixels(self, img: Image.Image) -> torch.Tensor:
+        """PIL RGB image -> uint8 tensor [3, crop, crop]; float conversion happens on the device."""
+        img = TF.resize(img, [self.resize], interpolation=_INTERP[self.interpolation], antialias=True)
+        img = TF.center_crop(img, [self.crop])
+        return TF.pil_to_tensor(img)
+
+    def normalize(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, H, W] on any device -> normalized float32, same arithmetic as ToTensor+Normalize."""
+        x = batch_uint8.float().div_(255.0)
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return x.sub_(mean).div_(std)
+
+
+def torchvision_vit(image_size: int = 224) -> TransformSpec:
+    """torchvision ViT recipe: resize 256 bilinear, crop 224 (scaled for other image sizes)."""
+    return TransformSpec(resize=image_size * 256 // 224, crop=image_size, interpolation="bilinear")
+
+
+def dino_vit(image_size: int = 224) -> TransformSpec:
+    return TransformSpec(resize=image_size * 256 // 224, crop=image_size, interpolation="bicubic")
+
+
+def clip_vit(image_size: int = 224) -> TransformSpec:
+    return TransformSpec(resize=image_size, crop=image_size, interpolation="bicubic", mean=CLIP_MEAN, std=CLIP_STD)

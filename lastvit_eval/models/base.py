@@ -1,0 +1,107 @@
+"""The interface every model family implements, and what loading reports."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data.transform import TransformSpec
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Architecture inferred from tensor shapes."""
+
+    family: str  # torchvision | dino | openclip
+    name: str  # e.g. vit_b_16
+    image_size: int
+    patch_size: int
+    width: int
+    depth: int
+    heads: int
+    mlp_dim: int
+    num_prefix_tokens: int = 1
+    num_classes: int | None = None  # None: no classification head
+    embed_dim: int | None = None  # output width after a projection (CLIP), None when there is none
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        g = self.image_size // self.patch_size
+        return (g, g)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class KeyReport:
+    """What key mapping did, so a silent `strict=False` load can never happen."""
+
+    format: str  # e.g. "detectron2 {'model': ...}"
+    steps: list[str] = field(default_factory=list)  # mapping steps applied, in order
+    dropped: list[str] = field(default_factory=list)  # keys deliberately removed (e.g. DINO head)
+    ignored: list[str] = field(default_factory=list)  # keys removed by --ignore-keys
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LoadOptions:
+    trust: bool = False
+    ignore_keys: tuple[str, ...] = ()  # prefixes of checkpoint keys to drop before a strict load
+    num_heads: int | None = None
+    checkpoint_key: str | None = None  # e.g. teacher / student for DINO
+    family: str | None = None  # force a family instead of detecting it
+    quick_gelu: bool | None = None
+
+
+class Backbone(nn.Module):
+    """A frozen ViT seen through the three things evaluators need.
+
+    `tokens` returns the final normalized tokens [B, P + N, D] (P prefix tokens: CLS, registers);
+    `head` maps a pooled token to logits (None without a classifier); `project` maps a pooled token
+    into the output embedding space (CLIP's proj; identity elsewhere).
+    """
+
+    num_prefix_tokens: int = 1
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        return pooled
+
+
+@dataclass
+class LoadedModel:
+    backbone: Backbone
+    arch: ArchSpec
+    transform: TransformSpec
+    keys: KeyReport
+    source: str  # path or hub name
+    sha256: str | None
+    params: int = 0
+
+    @property
+    def name(self) -> str:
+        return Path(self.source).name if "/" in self.source or self.source.endswith((".pth", ".pt")) else self.source
+
+    def provenance(self) -> dict:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "sha256": self.sha256,
+            "family": self.arch.family,
+            "arch": self.arch.to_dict(),
+            "params": self.params,
+            "key_mapping": self.keys.steps,
+        }

@@ -1,0 +1,85 @@
+"""Pure key-mapping helpers (state_dict -> state_dict), in the style of timm's checkpoint adapters."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from ..errors import InputError
+
+
+def is_state_dict(obj) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def strip_prefix(sd: dict, prefix: str) -> dict:
+    """Remove `prefix` from every key that has it (all keys, or it is not applied)."""
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
+
+
+def all_have_prefix(sd: Mapping, prefix: str) -> bool:
+    return len(sd) > 0 and all(k.startswith(prefix) for k in sd)
+
+
+def select_prefix(sd: Mapping, prefix: str) -> dict:
+    """Keys under `prefix`, with it removed."""
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def drop_keys(sd: dict, prefixes: tuple[str, ...]) -> tuple[dict, list[str]]:
+    """Drop keys equal to or starting with any of `prefixes` (as given by --ignore-keys)."""
+    if not prefixes:
+        return sd, []
+    kept, dropped = {}, []
+    for k, v in sd.items():
+        if any(k == p or k.startswith(p.rstrip(".") + ".") for p in prefixes):
+            dropped.append(k)
+        else:
+            kept[k] = v
+    return kept, dropped
+
+
+def to_float32(sd: dict) -> dict:
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def strict_load(module: torch.nn.Module, sd: dict, source: str) -> tuple[list[str], list[str]]:
+    """Load with every key accounted for: shape mismatches, missing and unexpected keys are errors."""
+    own = module.state_dict()
+    for k, v in sd.items():
+        if k in own and own[k].shape != v.shape:
+            raise InputError(
+                f"{source}: tensor {k!r} has shape {tuple(v.shape)}, the architecture inferred from the "
+                f"checkpoint expects {tuple(own[k].shape)}"
+            )
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+        raise InputError(
+            f"{source}: checkpoint does not match the architecture ({'; '.join(parts)}); "
+            "use --ignore-keys PREFIX to drop keys on purpose"
+        )
+    module.load_state_dict(sd, strict=True)
+    return missing, unexpected
+
+
+# Heads by width, as in the standard ViT table (Ti, S, B, L, H, g/G).
+STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16, 1536: 24, 1664: 16}
+
+
+def heads_for_width(width: int, override: int | None, source: str) -> int:
+    if override is not None:
+        if width % override:
+            raise InputError(f"{source}: width {width} is not divisible by --num-heads {override}")
+        return override
+    if width not in STANDARD_HEADS:
+        raise InputError(
+            f"{source}: width {width} is not in the standard ViT table {sorted(STANDARD_HEADS)}; pass --num-heads"
+        )
+    return STANDARD_HEADS[width]

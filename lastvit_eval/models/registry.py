@@ -1,0 +1,46 @@
+"""Format detection: each family adapter says whether it recognises a checkpoint, then builds it."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ..errors import InputError
+from .base import LoadedModel, LoadOptions
+from .checkpoint import read_checkpoint, sha256_file
+
+# Adapter modules, tried in order; each exposes FAMILY, detect(raw) and load(raw, opts, source, sha256).
+FAMILIES = ["torchvision_vit", "dino_vit", "openclip_vit"]
+
+
+def _adapters():
+    for name in FAMILIES:
+        try:
+            yield importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.{name}":
+                raise
+
+
+def load_model(checkpoint: str | Path, opts: LoadOptions | None = None) -> LoadedModel:
+    """Load a checkpoint file, or a hub name like `torchvision:vit_b_16` / `timm:NAME` / `openclip:ARCH/TAG`."""
+    opts = opts or LoadOptions()
+    text = str(checkpoint)
+    if ":" in text and not Path(text).exists() and text.split(":", 1)[0] in ("torchvision", "timm", "openclip"):
+        from .hub import load_hub
+
+        return load_hub(text, opts)
+    path = Path(text)
+    raw = read_checkpoint(path, trust=opts.trust)
+    sha = sha256_file(path)
+    adapters = list(_adapters())
+    if opts.family:
+        chosen = [a for a in adapters if a.FAMILY == opts.family]
+        if not chosen:
+            raise InputError(f"unknown --family {opts.family!r}; known: {', '.join(a.FAMILY for a in adapters)}")
+        return chosen[0].load(raw, opts, str(path), sha)
+    for adapter in adapters:
+        if adapter.detect(raw):
+            return adapter.load(raw, opts, str(path), sha)
+    keys = list(raw)[:6] if isinstance(raw, dict) else type(raw).__name__
+    raise InputError(f"{path}: unrecognised checkpoint format (top-level keys: {keys})")

@@ -1,0 +1,140 @@
+"""Label-supervised torchvision ViTs: plain state dicts, detectron2 {'model': ...} wrappers, DDP prefixes."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torchvision.models import VisionTransformer
+
+from ..data.transform import torchvision_vit
+from ..errors import InputError
+from .base import ArchSpec, Backbone, KeyReport, LoadedModel, LoadOptions
+from .keys import (
+    all_have_prefix,
+    drop_keys,
+    heads_for_width,
+    is_state_dict,
+    strict_load,
+    strip_prefix,
+    to_float32,
+)
+
+FAMILY = "torchvision"
+SIZE_NAMES = {192: "ti", 384: "s", 768: "b", 1024: "l", 1280: "h"}
+
+
+def unwrap(raw) -> tuple[dict, KeyReport] | None:
+    """Find a torchvision ViT state dict inside the raw checkpoint object, recording each step."""
+    report = KeyReport(format="state_dict")
+    obj = raw
+    for wrapper in ("model", "state_dict", "model_state_dict"):
+        if isinstance(obj, dict) and wrapper in obj and is_state_dict(obj[wrapper]):
+            obj = obj[wrapper]
+            report.format = f"{{'{wrapper}': ...}}"
+            report.steps.append(f"took checkpoint['{wrapper}']")
+            break
+    if not is_state_dict(obj):
+        return None
+    sd = dict(obj)
+    for prefix in ("module.", "model.", "module."):
+        if all_have_prefix(sd, prefix):
+            sd = strip_prefix(sd, prefix)
+            report.steps.append(f"stripped prefix '{prefix}'")
+    if "conv_proj.weight" not in sd or "encoder.pos_embedding" not in sd:
+        return None
+    if report.format == "{'model': ...}" and "stripped prefix 'model.'" in report.steps:
+        report.format = "detectron2 {'model': {'model.*': ...}}"
+    return sd, report
+
+
+def detect(raw) -> bool:
+    return unwrap(raw) is not None
+
+
+def infer_arch(sd: dict, opts: LoadOptions, source: str) -> ArchSpec:
+    width, _, patch, patch_w = sd["conv_proj.weight"].shape
+    if patch != patch_w:
+        raise InputError(f"{source}: non-square patches {patch}x{patch_w} are not supported")
+    seq = sd["encoder.pos_embedding"].shape[1]
+    grid = math.isqrt(seq - 1)
+    if grid * grid != seq - 1:
+        raise InputError(f"{source}: encoder.pos_embedding has {seq} tokens, not 1 + a square grid")
+    depth = len({m.group(1) for k in sd if (m := re.match(r"encoder\.layers\.encoder_layer_(\d+)\.", k))})
+    if depth == 0:
+        raise InputError(f"{source}: no encoder.layers.encoder_layer_* tensors found")
+    mlp_key = "encoder.layers.encoder_layer_0.mlp.0.weight"
+    if mlp_key not in sd:
+        raise InputError(f"{source}: missing key {mlp_key!r}")
+    mlp_dim = sd[mlp_key].shape[0]
+    num_classes = sd["heads.head.weight"].shape[0] if "heads.head.weight" in sd else None
+    image = grid * patch
+    name = f"vit_{SIZE_NAMES.get(width, f'w{width}')}_{patch}"
+    return ArchSpec(
+        family=FAMILY,
+        name=name,
+        image_size=image,
+        patch_size=patch,
+        width=width,
+        depth=depth,
+        heads=heads_for_width(width, opts.num_heads, source),
+        mlp_dim=mlp_dim,
+        num_prefix_tokens=1,
+        num_classes=num_classes,
+    )
+
+
+class TorchvisionBackbone(Backbone):
+    def __init__(self, model: VisionTransformer, has_head: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.has_head = has_head
+        self.num_prefix_tokens = 1
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m._process_input(x)
+        cls = m.class_token.expand(x.shape[0], -1, -1)
+        return m.encoder(torch.cat([cls, x], dim=1))  # encoder ends with its LayerNorm (encoder.ln)
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor | None:
+        return self.model.heads(pooled) if self.has_head else None
+
+
+def build(arch: ArchSpec) -> VisionTransformer:
+    model = VisionTransformer(
+        image_size=arch.image_size,
+        patch_size=arch.patch_size,
+        num_layers=arch.depth,
+        num_heads=arch.heads,
+        hidden_dim=arch.width,
+        mlp_dim=arch.mlp_dim,
+        num_classes=arch.num_classes or 1000,
+    )
+    if arch.num_classes is None:
+        model.heads = torch.nn.Sequential()
+    return model
+
+
+def load(raw, opts: LoadOptions, source: str, sha256: str | None) -> LoadedModel:
+    found = unwrap(raw)
+    if found is None:
+        raise InputError(f"{source}: not a torchvision ViT checkpoint (no conv_proj / encoder.pos_embedding)")
+    sd, report = found
+    sd, ignored = drop_keys(sd, opts.ignore_keys)
+    report.ignored = ignored
+    sd = to_float32(sd)
+    arch = infer_arch(sd, opts, source)
+    model = build(arch)
+    strict_load(model, sd, source)
+    model.eval().requires_grad_(False)
+    return LoadedModel(
+        backbone=TorchvisionBackbone(model, has_head=arch.num_classes is not None),
+        arch=arch,
+        transform=torchvision_vit(arch.image_size),
+        keys=report,
+        source=source,
+        sha256=sha256,
+        params=sum(p.numel() for p in model.parameters()),
+    )

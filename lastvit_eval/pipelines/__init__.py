@@ -1,0 +1,1 @@
+"""End-to-end jobs: load model -> data -> one forward pass -> evaluators -> results."""
