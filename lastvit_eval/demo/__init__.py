@@ -1,0 +1,1 @@
+"""Bundled offline demo: synthetic tiny-ImageNet data and two tiny trained ViT checkpoints."""
