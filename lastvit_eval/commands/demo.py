@@ -30,8 +30,14 @@ def demo(
 
     out = run_demo(output_dir, o.engine_spec(device, dtype, 64, workers, "skip"), progress=not no_progress)
     long = agg.aggregate(out.runs)
-    print_frame(agg.display_table(long), title="demo: tiny ViTs on the bundled synthetic data "
-                "(not the paper's ImageNet numbers)", console=console)
+    shown = {"patch_hit.top1": "PiB top-1", "patch_hit.fg_above_bg": "fg>bg", "knn.k20.top1": "k-NN k20",
+             "linear_probe.top1": "probe top-1", "classify.top1": "head top-1"}
+    table = (long[long["metric"].isin(shown)].pivot_table(index=["checkpoint", "pooling"], columns="metric",
+                                                          values="value", sort=False)
+             .reindex(columns=list(shown)).rename(columns=shown).reset_index())
+    table["checkpoint"] = table["checkpoint"].str.replace(".pth", "", regex=False)
+    print_frame(table, title="demo: tiny ViTs on the bundled synthetic data (%, not the paper's ImageNet "
+                "numbers; CIs in report.md)", console=console)
     cmp = pd.read_csv(out.comparison["csv"]).head(1)
     print_frame(cmp, title="PiB: LAST-trained model (last) vs CLS-trained model (cls), paired", console=console)
     console.print(f"results in [bold]{output_dir}[/]: report.md, report.csv, compare/, pictures/, one folder per run")
