@@ -38,6 +38,7 @@ def demo(
     table["checkpoint"] = table["checkpoint"].str.replace(".pth", "", regex=False)
     print_frame(table, title="demo: tiny ViTs on the bundled synthetic data (%, not the paper's ImageNet "
                 "numbers; CIs in report.md)", console=console)
-    cmp = pd.read_csv(out.comparison["csv"]).head(1)
-    print_frame(cmp, title="PiB: LAST-trained model (last) vs CLS-trained model (cls), paired", console=console)
+    keep = [r for r in out.summary if not str(r[0]).startswith(("metric", "A", "B")) or str(r[0]).startswith("B - A")]
+    print_frame(pd.DataFrame(keep, columns=["", "value"]), title="PiB, paired: A = CLS-trained model (cls), "
+                "B = LAST-trained model (last)", console=console)
     console.print(f"results in [bold]{output_dir}[/]: report.md, report.csv, compare/, pictures/, one folder per run")

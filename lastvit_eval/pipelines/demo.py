@@ -37,6 +37,7 @@ class DemoOutput:
     report: dict
     comparison: dict
     pictures: list[Path]
+    summary: list  # the paired comparison's (quantity, value) rows
 
 
 def run_demo(out: Path, engine: EngineSpec, progress: bool = True, ks: tuple[int, ...] = (10, 20)) -> DemoOutput:
@@ -57,11 +58,11 @@ def run_demo(out: Path, engine: EngineSpec, progress: bool = True, ks: tuple[int
     long = agg.aggregate(runs)
     report = agg.write_report(long, out)
     # the paper's comparison: each model with the pooling it was trained with
-    comparison = cmp.write_comparison(
-        cmp.compare_runs(out / "tiny_cls" / "cls", out / "tiny_last" / "last-k1", "patch_hit.top1"),
-        out / "compare")
+    result = cmp.compare_runs(out / "tiny_cls" / "cls", out / "tiny_last" / "last-k1", "patch_hit.top1")
+    comparison = cmp.write_comparison(result, out / "compare")
     pictures = []
     for ckpt, pooling in zip(ckpts, POOLINGS, strict=True):
         pictures += run_visualize(load_model(ckpt), data, None, FilterSpec(), pooling, engine,
                                   out / "pictures" / ckpt.stem, sample=8, seed=0, progress=progress)
-    return DemoOutput(runs=runs, report=report, comparison=comparison, pictures=pictures)
+    return DemoOutput(runs=runs, report=report, comparison=comparison, pictures=pictures,
+                      summary=result.summary_rows())
