@@ -41,7 +41,7 @@ def make_dataset(root: Path, n: int, seed: int = 0) -> None:
         img = (img * 0.6 + rng.integers(0, 100, (h, w, 3))).clip(0, 255).astype(np.uint8)
         bw, bh = int(rng.integers(w // 6, w // 2)), int(rng.integers(h // 6, h // 2))
         x0, y0 = int(rng.integers(w // 10, w - bw)), int(rng.integers(h // 10, h - bh))
-        img[y0:y0 + bh, x0:x0 + bw] = rng.integers(0, 255, 3)
+        img[y0:y0 + bh, x0:x0 + bw] = rng.integers(0, 255, (bh, bw, 3))  # a textured object
         wnid = f"n0000000{i % 4}"
         (root / "val" / wnid).mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(root / "val" / wnid / f"img_{i:05d}.JPEG", quality=90)
@@ -70,7 +70,7 @@ def random_vit_b_16() -> torch.nn.Module:
     return model
 
 
-def naive_loop(model, root: Path) -> tuple[dict[str, bool], float]:
+def naive_loop(model, root: Path) -> tuple[dict[str, bool], dict[str, int], float]:
     """One image at a time, the way a research script does it."""
     from torchvision.datasets import ImageFolder
 
@@ -78,7 +78,7 @@ def naive_loop(model, root: Path) -> tuple[dict[str, bool], float]:
                                                                                   (0.229, 0.224, 0.225))])
     ds = ImageFolder(str(root / "val"), transform=tf)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=False, num_workers=1)
-    hits = {}
+    hits, tops = {}, {}
     t0 = time.perf_counter()
     with torch.no_grad():
         for (x, _), (path, _) in zip(loader, ds.samples, strict=True):
@@ -88,6 +88,7 @@ def naive_loop(model, root: Path) -> tuple[dict[str, bool], float]:
             tokens = model.encoder(feats)
             sim = F.cosine_similarity(tokens[:, 1:], tokens[:, :1], dim=-1)[0]
             top = int(sim.argmax())
+            tops[image_id] = top
             r, c = divmod(top, 14)
             tree = etree.parse(str(root / "bbox" / f"{image_id}.xml"))
             w, h = int(tree.findtext("size/width")), int(tree.findtext("size/height"))
@@ -96,7 +97,7 @@ def naive_loop(model, root: Path) -> tuple[dict[str, bool], float]:
             ox, oy = (w * s - 224) / 2, (h * s - 224) / 2
             bx0, bx1, by0, by1 = x0 * s - ox, x1 * s - ox, y0 * s - oy, y1 * s - oy
             hits[image_id] = bx0 < (c + 1) * 16 and bx1 > c * 16 and by0 < (r + 1) * 16 and by1 > r * 16
-    return hits, time.perf_counter() - t0
+    return hits, tops, time.perf_counter() - t0
 
 
 def ours(ckpt: Path, root: Path, dtype: str, out: Path, batch: int, workers: int):
@@ -106,7 +107,8 @@ def ours(ckpt: Path, root: Path, dtype: str, out: Path, batch: int, workers: int
                         EngineSpec(dtype=dtype, batch_size=batch, workers=workers), out, progress=False)
     seconds = time.perf_counter() - t0
     rows = res.result.rows
-    return dict(zip(rows["image_id"], rows["top1"].astype(bool), strict=True)), seconds
+    return (dict(zip(rows["image_id"], rows["top1"].astype(bool), strict=True)),
+            dict(zip(rows["image_id"], rows["top_patch"].astype(int), strict=True)), seconds)
 
 
 def main() -> None:
@@ -124,21 +126,28 @@ def main() -> None:
         ref = random_vit_b_16()
         ckpt = tmp / "vit_b_16_d2.pth"
         torch.save({"model": {"model." + k: v for k, v in ref.state_dict().items()}}, ckpt)
-        naive_hits, naive_s = naive_loop(ref, tmp / "imagenet")
-        fp32_hits, fp32_s = ours(ckpt, tmp / "imagenet", "fp32", tmp / "r32", args.batch_size, args.workers)
-        bf16_hits, bf16_s = ours(ckpt, tmp / "imagenet", "bf16", tmp / "r16", args.batch_size, args.workers)
+        naive_hits, naive_tops, naive_s = naive_loop(ref, tmp / "imagenet")
+        fp32_hits, fp32_tops, fp32_s = ours(ckpt, tmp / "imagenet", "fp32", tmp / "r32", args.batch_size, args.workers)
+        bf16_hits, bf16_tops, bf16_s = ours(ckpt, tmp / "imagenet", "bf16", tmp / "r16", args.batch_size, args.workers)
     n = len(naive_hits)
     assert set(naive_hits) == set(fp32_hits) == set(bf16_hits), "image sets differ"
 
     def ratio(h):
         return 100.0 * sum(h.values()) / n
 
-    same32 = sum(naive_hits[k] == fp32_hits[k] for k in naive_hits)
-    same16 = sum(fp32_hits[k] == bf16_hits[k] for k in fp32_hits)
+    def agree(a_hits, a_tops, b_hits, b_tops, name):
+        same_top = [k for k in a_hits if a_tops[k] == b_tops[k]]
+        same_hit = sum(a_hits[k] == b_hits[k] for k in a_hits)
+        geometry = sum(a_hits[k] != b_hits[k] for k in same_top)
+        return (f"hits {same_hit}/{n} same as {name}; top patch {len(same_top)}/{n} same; "
+                f"{geometry} differ only by box geometry")
+
     rows = [
         ("naive loop (fp32, batch 1)", naive_s, ratio(naive_hits), "-"),
-        (f"lastvit-eval fp32 (batch {args.batch_size})", fp32_s, ratio(fp32_hits), f"{same32}/{n} same as naive"),
-        (f"lastvit-eval bf16 (batch {args.batch_size})", bf16_s, ratio(bf16_hits), f"{same16}/{n} same as fp32"),
+        (f"lastvit-eval fp32 (batch {args.batch_size})", fp32_s, ratio(fp32_hits),
+         agree(naive_hits, naive_tops, fp32_hits, fp32_tops, "naive")),
+        (f"lastvit-eval bf16 (batch {args.batch_size})", bf16_s, ratio(bf16_hits),
+         agree(fp32_hits, fp32_tops, bf16_hits, bf16_tops, "fp32")),
     ]
     lines = [
         "## patch-hit end to end: lastvit-eval vs a naive per-image loop",
