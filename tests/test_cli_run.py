@@ -68,3 +68,23 @@ def test_knn_shortcut_and_errors(with_train, detectron2_ckpt, tmp_path):
     assert r.exit_code == 2 and "training set" in (r.stderr or r.output)
     r = runner.invoke(app, ["run", "-c", str(detectron2_ckpt), "-r", str(with_train), "-e", "bogus"])
     assert r.exit_code == 2 and "unknown evaluator" in (r.stderr or r.output)
+
+
+def test_evaluators_on_feature_files_match_the_images_path(with_train, detectron2_ckpt, tmp_path):
+    """extract -> knn --train-features/--test-features equals knn run from the checkpoint and images."""
+    for split in ("train", "val"):
+        r = runner.invoke(app, ["extract", "-c", str(detectron2_ckpt), "-r", str(with_train), "--split", split,
+                                "-p", "cls", "--output", str(tmp_path / f"{split}.npz"), "--workers", "0",
+                                "--no-progress"])
+        assert r.exit_code == 0, r.output + (r.stderr or "")
+    r = runner.invoke(app, ["knn", "--train-features", str(tmp_path / "train.npz"), "--test-features",
+                            str(tmp_path / "val.npz"), "--ks", "1,3", "-o", str(tmp_path / "from_files")])
+    assert r.exit_code == 0, r.output + (r.stderr or "")
+    r = runner.invoke(app, ["knn", "-c", str(detectron2_ckpt), "-r", str(with_train), "-p", "cls", "--ks", "1,3",
+                            "-o", str(tmp_path / "from_images"), "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0
+    a = json.loads((tmp_path / "from_files" / "metrics.json").read_text())["metrics"]
+    b = json.loads((tmp_path / "from_images" / "metrics.json").read_text())["metrics"]
+    assert {k: v["value"] for k, v in a.items()} == {k: v["value"] for k, v in b.items()}
+    r = runner.invoke(app, ["knn", "--test-features", str(tmp_path / "val.npz")])
+    assert r.exit_code == 2 and "--train-features" in (r.stderr or r.output)

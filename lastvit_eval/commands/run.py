@@ -24,6 +24,12 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed for subsets, hold-outs a
                                    rich_help_panel=o.DATA)]
 Poolings = Annotated[list[str] | None, typer.Option("--pooling", "-p", help="cls | gap | last | last:k=5,... "
                                                     "(repeatable; default last).", rich_help_panel=o.MODEL)]
+OptionalCheckpoint = Annotated[str | None, typer.Option("--checkpoint", "-c", help="Checkpoint file or hub name "
+                              "(not needed with --test-features).", rich_help_panel=o.MODEL)]
+TrainFeatures = Annotated[Path | None, typer.Option("--train-features", help="Training features written by "
+                          "`extract` (.npz / .safetensors) instead of a model and images.", rich_help_panel=o.DATA)]
+TestFeatures = Annotated[Path | None, typer.Option("--test-features", help="Test features written by `extract`.",
+                                                   rich_help_panel=o.DATA)]
 Ks = Annotated[str, typer.Option("--ks", help="k-NN: comma-separated k values.", rich_help_panel=o.DATA)]
 Temperature = Annotated[float, typer.Option("--temperature", help="k-NN vote temperature.", rich_help_panel=o.DATA)]
 
@@ -50,6 +56,13 @@ def _datasets(imagenet_root, train, test, train_per_class, seed, need_train):
     return val, tr
 
 
+def _ks(ks: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(k) for k in ks.split(",") if k.strip())
+    except ValueError:
+        raise InputError(f"--ks {ks!r}: expected comma-separated integers") from None
+
+
 def run_job(evaluators: list[str], checkpoint, imagenet_root, train, test, train_per_class, seed, poolings, ks,
             temperature, load_opts, engine, output_dir, run_name, no_progress, boxes=None, masks=None, cache=None):
     from ..data.filters import FilterSpec
@@ -59,10 +72,7 @@ def run_job(evaluators: list[str], checkpoint, imagenet_root, train, test, train
     from ..report.console import console, print_result
 
     specs = [PoolingSpec.parse(p) for p in (poolings or ["last"])]
-    try:
-        k_values = tuple(int(k) for k in ks.split(",") if k.strip())
-    except ValueError:
-        raise InputError(f"--ks {ks!r}: expected comma-separated integers") from None
+    k_values = _ks(ks)
     model = load_model(checkpoint, load_opts)
     val, tr = _datasets(imagenet_root, train, test, train_per_class, seed,
                         any(e in ("knn", "linear-probe") for e in evaluators))
@@ -134,7 +144,9 @@ def run(
 
 def _single(name: str, doc: str):
     def command(
-        checkpoint: o.Checkpoint,
+        checkpoint: OptionalCheckpoint = None,
+        train_features: TrainFeatures = None,
+        test_features: TestFeatures = None,
         imagenet_root: ImagenetRoot = None,
         train: Train = None,
         test: Test = None,
@@ -159,6 +171,19 @@ def _single(name: str, doc: str):
         run_name: o.RunName = None,
         no_progress: o.NoProgress = False,
     ) -> None:
+        if test_features is not None:
+            from ..pipelines.features_eval import evaluate_feature_files
+            from ..report.console import console, print_result
+
+            out = o.run_dir(output_dir, run_name, name, test_features.stem)
+            for pooled, (results, _) in evaluate_feature_files([name], train_features, test_features, pooling, out,
+                                                               _ks(ks), temperature, seed).items():
+                for r in results:
+                    print_result(r, f"{r.evaluator}  {test_features.name}  pooling={pooled}")
+            console.print(f"results written to [bold]{out}[/]")
+            return
+        if checkpoint is None:
+            raise InputError("give --checkpoint (with images) or --test-features")
         run_job([name], checkpoint, imagenet_root, train, test, train_per_class, seed, pooling, ks, temperature,
                 o.load_options(trust_checkpoint, ignore_keys, num_heads, checkpoint_key, family),
                 o.engine_spec(device, dtype, batch_size, workers, on_bad_image), output_dir, run_name, no_progress,
