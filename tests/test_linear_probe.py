@@ -1,4 +1,5 @@
-"""Linear probe: agreement with scikit-learn, hold-out carved from train only, hand cases, bad inputs."""
+"""Linear probe: agreement with scikit-learn (both solvers), L-BFGS internals vs autograd and sklearn's
+objective, hold-out carved from train only, hand cases, bad inputs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from lastvit_eval.errors import InputError
-from lastvit_eval.evaluators import get, linear_probe
+from lastvit_eval.evaluators import get, linear_probe, logreg_lbfgs
+from lastvit_eval.evaluators.standardize import Standardizer
 
 
 def _blobs(n_train=1500, n_test=3000, d=16, c=5, scale=0.9, seed=0):
@@ -31,35 +33,139 @@ def test_registered():
     assert get("linear_probe").fn is linear_probe.evaluate
 
 
-def test_same_objective_as_sklearn():
-    """One config with wd = 1/(C n) solves sklearn's problem: accuracy within 1 point, same predictions."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_same_objective_as_sklearn_lbfgs(precision):
+    """One weight decay = 1/(C n) solves sklearn's problem: accuracy within 1 point, same predictions."""
     xtr, ytr, xte, yte = _blobs()
     sk_acc, sk_pred = _sklearn_top1(xtr, ytr, xte, yte, C=1.0)
     assert 40 < sk_acc < 95  # neither trivial nor hopeless
-    res = linear_probe.evaluate(xtr, ytr, xte, yte, lrs=(1e-2,), weight_decays=(1.0 / len(ytr),),
+    res = linear_probe.evaluate(xtr, ytr, xte, yte, weight_decays=(1.0 / len(ytr),), tol=1e-6,
+                                precision=precision, chunk=512, device="cpu")
+    assert abs(res.metrics["linear_probe.top1"].value - sk_acc) <= 1.0
+    assert (res.rows["pred"].to_numpy() == sk_pred).mean() >= 0.97  # both L-BFGS; bf16 rounding aside
+    assert res.info["chosen_sklearn_C"] == pytest.approx(1.0)
+
+
+def test_same_objective_as_sklearn_adam():
+    xtr, ytr, xte, yte = _blobs()
+    sk_acc, sk_pred = _sklearn_top1(xtr, ytr, xte, yte, C=1.0)
+    res = linear_probe.evaluate(xtr, ytr, xte, yte, solver="adam", lrs=(1e-2,), weight_decays=(1.0 / len(ytr),),
                                 epochs=30, batch_size=256, device="cpu")
     assert abs(res.metrics["linear_probe.top1"].value - sk_acc) <= 1.0
     assert (res.rows["pred"].to_numpy() == sk_pred).mean() >= 0.93  # few-epoch Adam vs exact lbfgs
 
 
-def test_grid_selection_matches_sklearn_accuracy():
+def _penalized(xs, y, w, b, wd):
+    """Mean cross-entropy + wd/2 ||W||^2, float64, literal formula (the reference objective)."""
+    z = xs.double() @ w.double() + b.double()
+    return float(torch.nn.functional.cross_entropy(z, y) + 0.5 * wd * (w.double() ** 2).sum())
+
+
+def test_path_solutions_reach_sklearn_objective():
+    """Each warm-started candidate on the path is as good a minimizer as sklearn's solution at C = 1/(wd n)."""
+    xtr, ytr, _, _ = _blobs(seed=2)
+    x, y = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    sc = Standardizer.fit(x)
+    xs = sc(x, torch.device("cpu"))
+    obj = logreg_lbfgs.Objective(x, y, 5, sc, dtype=torch.float32, device=torch.device("cpu"), chunk=256)
+    wds = [1e-1, 1e-2, 1e-3, 1e-4]
+    fits = logreg_lbfgs.lbfgs(obj, torch.zeros(16, 5), torch.zeros(5), wds, tol=1e-7, max_iter=500)
+    for f in fits:
+        clf = LogisticRegression(C=1.0 / (f.weight_decay * len(y)), tol=1e-8, max_iter=5000).fit(xs.numpy(), ytr)
+        ref = _penalized(xs, y, torch.from_numpy(clf.coef_.T.copy()), torch.from_numpy(clf.intercept_), f.weight_decay)
+        ours = _penalized(xs, y, f.weight, f.bias, f.weight_decay)
+        assert ours <= ref + 1e-6
+        assert f.loss == pytest.approx(ours, abs=1e-5)
+
+
+@pytest.mark.parametrize("at_zero", [False, True])
+def test_objective_gradient_matches_autograd(at_zero):
+    xtr, ytr, _, _ = _blobs(n_train=300, seed=3)
+    x, y = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    sc = Standardizer.fit(x)
+    obj = logreg_lbfgs.Objective(x, y, 5, sc, dtype=torch.float32, device=torch.device("cpu"), chunk=64)
+    g = torch.Generator().manual_seed(0)
+    w = torch.zeros(16, 5) if at_zero else torch.randn(16, 5, generator=g) * 0.3
+    b = torch.randn(5, generator=g)
+    loss, gw, gb = obj.data_term(w, b)
+    wr, br = w.double().requires_grad_(), b.double().requires_grad_()
+    ref = torch.nn.functional.cross_entropy(sc(x, torch.device("cpu")).double() @ wr + br, y)
+    ref.backward()
+    assert loss == pytest.approx(float(ref.detach()), abs=1e-5)
+    torch.testing.assert_close(gw.double(), wr.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(gb.double(), br.grad, atol=1e-5, rtol=1e-4)
+    assert obj.passes == (0 if at_zero else 1)  # W = 0 is exact from class sums, no pass
+    obj.data_term(w, b)
+    assert obj.passes == (0 if at_zero else 1)  # memoized
+
+
+def test_standardizer_carry_is_exact():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(200, 6, generator=g) * 3 + 2
+    a, c = Standardizer.fit(x[:120]), Standardizer.fit(x)
+    w, b = torch.randn(6, 4, generator=g), torch.randn(4, generator=g)
+    w2, b2 = a.carry(c, w, b)
+    dev = torch.device("cpu")
+    torch.testing.assert_close(c(x, dev) @ w2 + b2, a(x, dev) @ w + b, atol=1e-4, rtol=1e-5)
+    rows = torch.tensor([5, 1, 7])
+    torch.testing.assert_close(Standardizer.fit(x, rows).mean, Standardizer.fit(x[rows]).mean)
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "adam"])
+def test_grid_selection_matches_sklearn_accuracy(solver):
     xtr, ytr, xte, yte = _blobs(seed=1)
     sk_acc, _ = _sklearn_top1(xtr, ytr, xte, yte)
-    res = linear_probe.evaluate(xtr, ytr, xte, yte, lrs=(3e-3, 1e-2), weight_decays=(0.0, 1e-3, 1e-2),
-                                epochs=40, batch_size=128, device="cpu")
+    kw = ({"lrs": (3e-3, 1e-2), "epochs": 40, "batch_size": 128} if solver == "adam" else {"chunk": 256})
+    res = linear_probe.evaluate(xtr, ytr, xte, yte, solver=solver, weight_decays=(0.0, 1e-3, 1e-2),
+                                device="cpu", **kw)
     assert abs(res.metrics["linear_probe.top1"].value - sk_acc) <= 1.0
     info = res.info
-    assert info["n_candidates"] == 6 and len(res.tables["selection"]) == 6
+    n = 6 if solver == "adam" else 3
+    assert info["n_candidates"] == n and len(res.tables["selection"]) == n
     best = res.tables["selection"]["holdout_top1"].idxmax()
-    assert (info["chosen_lr"], info["chosen_weight_decay"]) == tuple(
-        res.tables["selection"].loc[best, ["lr", "weight_decay"]]
-    )
+    assert info["chosen_weight_decay"] == res.tables["selection"].loc[best, "weight_decay"]
+    if solver == "adam":
+        assert info["chosen_lr"] == res.tables["selection"].loc[best, "lr"]
+    else:
+        assert list(res.tables["selection"]["weight_decay"]) == [0.0, 1e-3, 1e-2]  # grid order kept
     m = res.metrics["linear_probe.mean_per_class_recall"]
     assert m.ci_low <= m.value <= m.ci_high
     assert {"linear_probe.top1", "linear_probe.top5"} <= set(res.metrics)
 
 
-def test_holdout_is_carved_from_train_only(monkeypatch):
+def test_holdout_is_carved_from_train_only_lbfgs(monkeypatch):
+    """Spy on every feature array the solver sees: test features appear only in the final scoring call."""
+    xtr, ytr, xte, yte = _blobs(n_train=400, n_test=200)
+    yte = np.random.default_rng(5).permutation(yte)  # adversarial: selection on test would score noise
+    test_rows = {tuple(r) for r in np.round(xte, 5)}
+    train_rows = {tuple(r) for r in np.round(xtr, 5)}
+    seen = []
+    real_init, real_logits = logreg_lbfgs.Objective.__init__, logreg_lbfgs.LinearHead.logits
+
+    def spy_init(self, x, y, *a, rows=None, **k):
+        seen.append(("fit", (x if rows is None else x[rows]).numpy().copy()))
+        real_init(self, x, y, *a, rows=rows, **k)
+
+    def spy_logits(self, x, *a, **k):
+        seen.append(("logits", x.numpy().copy()))
+        return real_logits(self, x, *a, **k)
+
+    monkeypatch.setattr(logreg_lbfgs.Objective, "__init__", spy_init)
+    monkeypatch.setattr(logreg_lbfgs.LinearHead, "logits", spy_logits)
+    res = linear_probe.evaluate(xtr, ytr, xte, yte, weight_decays=(0.0, 1e-2), holdout_fraction=0.2, device="cpu")
+    kinds = [k for k, _ in seen]
+    assert kinds == ["fit", "logits", "logits", "fit", "logits"]  # path fit, 2 hold-out scores, refit, test
+    for _, x in seen[:4]:
+        rows = {tuple(r) for r in np.round(x, 5)}
+        assert rows <= train_rows and not rows & test_rows
+    assert len(seen[0][1]) + len(seen[1][1]) == len(xtr)
+    np.testing.assert_array_equal(seen[1][1], seen[2][1])
+    assert len(seen[3][1]) == len(xtr)  # refit on the whole training split
+    np.testing.assert_array_equal(seen[4][1], xte)
+    assert res.info["holdout_fraction"] == 0.2
+
+
+def test_holdout_is_carved_from_train_only_adam(monkeypatch):
     """Spy on every feature array the heads see: test features appear only in the final scoring call."""
     xtr, ytr, xte, yte = _blobs(n_train=400, n_test=200)
     # Adversarial test labels: if selection ever looked at test, it would be scoring against noise.
@@ -79,8 +185,8 @@ def test_holdout_is_carved_from_train_only(monkeypatch):
 
     monkeypatch.setattr(linear_probe, "fit_heads", spy_fit)
     monkeypatch.setattr(linear_probe.Heads, "logits", spy_logits)
-    res = linear_probe.evaluate(xtr, ytr, xte, yte, lrs=(1e-2,), weight_decays=(0.0, 1e-2), epochs=3,
-                                holdout_fraction=0.2, device="cpu")
+    res = linear_probe.evaluate(xtr, ytr, xte, yte, solver="adam", lrs=(1e-2,), weight_decays=(0.0, 1e-2),
+                                epochs=3, holdout_fraction=0.2, device="cpu")
     kinds = [k for k, _ in seen]
     assert kinds == ["fit", "logits", "fit", "logits"]  # select (fit + hold-out), refit, test scoring
     for _, x in seen[:3]:
@@ -101,13 +207,15 @@ def test_stratified_holdout():
     assert not np.array_equal(m, linear_probe.stratified_holdout(y, 0.2, seed=4))
 
 
-def test_separable_hand_case():
+@pytest.mark.parametrize("solver", ["lbfgs", "adam"])
+def test_separable_hand_case(solver):
     xtr = np.array([[-2.0, 0.0], [-1.0, 0.5], [-1.5, -0.5], [1.0, 0.0], [2.0, 0.5], [1.5, -0.5]] * 5)
     ytr = np.array([0, 0, 0, 1, 1, 1] * 5)
     xte = np.array([[-3.0, 1.0], [3.0, -1.0], [-0.5, 0.0], [0.5, 0.0]])
     yte = np.array([0, 1, 0, 1])
-    res = linear_probe.evaluate(xtr, ytr, xte, yte, lrs=(0.05,), weight_decays=(0.0,), epochs=50,
-                                batch_size=8, device="cpu", test_ids=list("abcd"))
+    kw = {"lrs": (0.05,), "epochs": 50, "batch_size": 8} if solver == "adam" else {}
+    res = linear_probe.evaluate(xtr, ytr, xte, yte, solver=solver, weight_decays=(0.0,), device="cpu",
+                                test_ids=list("abcd"), **kw)
     assert res.metrics["linear_probe.top1"].value == 100.0
     assert list(res.rows["image_id"]) == list("abcd")
     assert res.metrics["linear_probe.top5"].value == 100.0  # 2 classes: top-5 covers all
@@ -117,7 +225,9 @@ def test_constant_feature_and_torch_input():
     xtr, ytr, xte, yte = _blobs(n_train=300, n_test=100)
     xtr[:, 0] = 7.0
     xte[:, 0] = 7.0
-    res = linear_probe.evaluate(torch.from_numpy(xtr), torch.from_numpy(ytr), xte, yte, epochs=2, device="cpu")
+    res = linear_probe.evaluate(torch.from_numpy(xtr), torch.from_numpy(ytr), xte, yte, device="cpu")
+    assert np.isfinite(res.metrics["linear_probe.top1"].value)
+    res = linear_probe.evaluate(xtr, ytr, xte, yte, solver="adam", epochs=2, device="cpu")
     assert np.isfinite(res.metrics["linear_probe.top1"].value)
 
 
@@ -125,9 +235,16 @@ def test_constant_feature_and_torch_input():
     "kw, match",
     [
         ({"holdout_fraction": 0.0}, "holdout_fraction"),
-        ({"lrs": ()}, "empty hyperparameter grid"),
+        ({"weight_decays": ()}, "empty hyperparameter grid"),
+        ({"solver": "adam", "lrs": ()}, "empty hyperparameter grid"),
         ({"weight_decays": (-1.0,)}, "weight decays"),
-        ({"epochs": 0}, "epochs"),
+        ({"weight_decays": (1e-3, 1e-3)}, "distinct"),
+        ({"solver": "adam", "weight_decays": (-1.0,)}, "weight decays"),
+        ({"solver": "adam", "epochs": 0}, "epochs"),
+        ({"epochs": 3}, "solver='adam' only"),
+        ({"solver": "sgd"}, "solver"),
+        ({"precision": "fp8"}, "precision"),
+        ({"tol": 0.0}, "tol"),
         ({"num_classes": 3}, "out of range"),
     ],
 )

@@ -1,11 +1,16 @@
 """Linear probe: multinomial logistic regression on cached features, in torch.
 
-Many candidate heads (a grid over learning rate x L2 weight decay) train together: their weights are
-concatenated into one [D, m*C] matrix, so each minibatch costs one matmul and one optimizer step
-updates every candidate. The best candidate is chosen on a seeded, stratified hold-out carved from the
-TRAINING split; the chosen configuration is then refit on the whole training split and scored on test.
-The objective per candidate is mean cross-entropy + wd/2 * ||W||^2 (bias unpenalized), i.e.
-scikit-learn's LogisticRegression with C = 1 / (wd * n_train).
+The objective per candidate is mean cross-entropy + wd/2 * ||W||^2 on standardized features (bias
+unpenalized), i.e. scikit-learn's LogisticRegression with C = 1 / (wd * n_train). The best weight decay
+is chosen on a seeded, stratified hold-out carved from the TRAINING split (standardized with the
+statistics of the rows it is fit on); the chosen one is then refit on the whole training split and
+scored on test. Two solvers:
+
+- "lbfgs" (default): full-batch L-BFGS along a regularization path, strongest penalty first, each
+  candidate warm-started from the previous; the refit starts from the chosen hold-out solution. Stops at
+  max |gradient| <= tol like scikit-learn's lbfgs. See logreg_lbfgs.py.
+- "adam": a grid over learning rate x weight decay trained jointly by minibatch Adam for a fixed number
+  of epochs (weights concatenated into one [D, m*C] matrix: one matmul per minibatch for all heads).
 """
 
 from __future__ import annotations
@@ -35,36 +40,15 @@ from .checks import (
     resolve_num_classes,
     same_width,
 )
+from .logreg_lbfgs import Fit, LinearHead, Objective, compute_dtype, lbfgs
 from .scoring import mean_per_class_recall_metric, per_class_table, topk_hits
+from .standardize import Standardizer
 
-DEFAULT_LRS = (2e-3,)
-DEFAULT_WDS = (0.0, 1e-5, 1e-4, 1e-3)
-_STAT_CHUNK = 65536
-
-
-@dataclass(frozen=True)
-class Standardizer:
-    """Per-feature mean/std from the rows a head is fit on; applied per minibatch (no full copy)."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    @classmethod
-    def fit(cls, x: torch.Tensor) -> Standardizer:
-        s1 = torch.zeros(x.shape[1], dtype=torch.float64)
-        s2 = torch.zeros(x.shape[1], dtype=torch.float64)
-        for i in range(0, x.shape[0], _STAT_CHUNK):
-            c = x[i : i + _STAT_CHUNK].double()
-            s1 += c.sum(0)
-            s2 += (c * c).sum(0)
-        mean = s1 / x.shape[0]
-        std = (s2 / x.shape[0] - mean * mean).clamp_min(0).sqrt()
-        std = torch.where(std > 1e-12 * mean.abs().clamp_min(1.0), std, torch.ones_like(std))
-        return cls(mean.float(), std.float())
-
-    def __call__(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-        x = x.to(device=device, dtype=torch.float32)
-        return (x - self.mean.to(device)) / self.std.to(device)
+SOLVERS = ("lbfgs", "adam")
+DEFAULT_LRS = (2e-3,)  # adam only
+DEFAULT_EPOCHS, DEFAULT_BATCH = 5, 1024  # adam only
+# Half-decade steps; the L-BFGS path visits them strongest first (cheap: each starts near its answer).
+DEFAULT_WDS = (3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 0.0)
 
 
 @dataclass
@@ -171,6 +155,90 @@ def select_config(
     return int(np.argmax(acc)), table
 
 
+def _holdout_rows(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    hold = stratified_holdout(y.numpy(), fraction, seed)
+    if hold.sum() == 0 or (~hold).sum() == 0:
+        raise InputError(f"linear probe: hold-out fraction {fraction} leaves an empty split")
+    return torch.from_numpy(np.flatnonzero(~hold)), torch.from_numpy(np.flatnonzero(hold))
+
+
+def select_weight_decay(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    wds: Sequence[float],
+    *,
+    holdout_fraction: float,
+    seed: int,
+    tol: float,
+    max_iter: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    chunk: int,
+) -> tuple[int, Fit, Standardizer, pd.DataFrame]:
+    """L-BFGS path on the fit part of a hold-out carved from the TRAINING split (x, y) only.
+
+    Returns the index into `wds` of the best hold-out top-1 (ties: first in `wds` order), its solution
+    (with L-BFGS memory, to warm-start the refit), the fit part's standardizer, and the selection table.
+    """
+    fit_rows, hold_rows = _holdout_rows(y, holdout_fraction, seed)
+    scaler = Standardizer.fit(x, fit_rows)
+    obj = Objective(x, y, num_classes, scaler, rows=fit_rows, dtype=dtype, device=device, chunk=chunk)
+    x_hold, y_hold = x[hold_rows], y[hold_rows]
+    order = sorted(range(len(wds)), key=lambda i: -wds[i])  # strongest penalty first
+    acc: dict[float, float] = {}
+    best: list[Fit] = []
+
+    def score(f: Fit) -> None:
+        z = LinearHead(scaler, f.weight, f.bias).logits(x_hold, device, dtype, chunk)
+        acc[f.weight_decay] = float((z.argmax(1) == y_hold).double().mean()) * 100.0
+        if best and acc[f.weight_decay] <= acc[best[0].weight_decay]:
+            f.memory = None  # keep one L-BFGS memory (the best so far), not one per candidate
+        else:
+            best[:] = [f]
+
+    fits = lbfgs(obj, torch.zeros(x.shape[1], num_classes), torch.zeros(num_classes),
+                 [wds[i] for i in order], tol=tol, max_iter=max_iter, on_fit=score)
+    by_wd = {f.weight_decay: f for f in fits}
+    table = pd.DataFrame({
+        "weight_decay": [float(w) for w in wds],
+        "holdout_top1": [acc[float(w)] for w in wds],
+        "iterations": [by_wd[float(w)].iterations for w in wds],
+        "passes": [by_wd[float(w)].passes for w in wds],
+        "loss": [by_wd[float(w)].loss for w in wds],
+    })
+    i = int(np.argmax(table["holdout_top1"].to_numpy()))
+    chosen = by_wd[float(wds[i])]
+    if chosen.memory is None:  # a tie with an earlier-visited candidate: same accuracy, use its memory
+        chosen = Fit(**{**chosen.__dict__, "memory": best[0].memory})
+    return i, chosen, scaler, table
+
+
+def refit(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    start: Fit | None,
+    start_scaler: Standardizer | None,
+    wd: float,
+    *,
+    tol: float,
+    max_iter: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    chunk: int,
+) -> tuple[LinearHead, Fit]:
+    """Fit on all training rows (their own statistics), warm-started from `start` when given."""
+    scaler = Standardizer.fit(x)
+    obj = Objective(x, y, num_classes, scaler, dtype=dtype, device=device, chunk=chunk)
+    if start is None or start_scaler is None:
+        w, b, memory = torch.zeros(x.shape[1], num_classes), torch.zeros(num_classes), None
+    else:
+        (w, b), memory = start_scaler.carry(scaler, start.weight, start.bias), start.memory
+    fit = lbfgs(obj, w, b, [wd], tol=tol, max_iter=max_iter, memory=memory)[0]
+    return LinearHead(scaler, fit.weight, fit.bias), fit
+
+
 @register("linear_probe", taps=("pooled",), description="Multinomial logistic regression on pooled features")
 def evaluate(
     train_feats: ArrayLike,
@@ -180,15 +248,25 @@ def evaluate(
     *,
     test_ids: Sequence | None = None,
     num_classes: int | None = None,
-    lrs: Sequence[float] = DEFAULT_LRS,
     weight_decays: Sequence[float] = DEFAULT_WDS,
-    epochs: int = 5,
-    batch_size: int = 1024,
+    solver: str = "lbfgs",
+    tol: float = 1e-4,
+    max_iter: int = 100,
+    precision: str = "bf16",
+    chunk: int = 8192,
+    lrs: Sequence[float] | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
     holdout_fraction: float = 0.1,
     seed: int = 0,
     device: str | torch.device | None = None,
 ) -> Result:
-    """Top-1/top-5 (Wilson CIs) and mean per-class recall (bootstrap CI) of the refit best head."""
+    """Top-1/top-5 (Wilson CIs) and mean per-class recall (bootstrap CI) of the refit best head.
+
+    lbfgs: `tol` (max |gradient|, as scikit-learn), `max_iter` (L-BFGS iterations per candidate),
+    `precision` ("bf16": bf16 matmuls with fp32 accumulation; "fp32"), `chunk` (rows per matmul).
+    adam: `lrs`, `epochs`, `batch_size` (defaults DEFAULT_LRS, DEFAULT_EPOCHS, DEFAULT_BATCH).
+    """
     train = as_features(train_feats, "train_feats")
     test = as_features(test_feats, "test_feats")
     same_width(train, test, "train_feats", "test_feats")
@@ -197,13 +275,76 @@ def evaluate(
     n_cls = resolve_num_classes(ytr, num_classes)
     labels_in_range(yte, n_cls, "test_labels")
     ids = as_ids(test_ids, test.shape[0])
-    configs = _grid(lrs, weight_decays)
-    if epochs < 1 or batch_size < 1:
-        raise InputError(f"epochs and batch_size must be positive, got {epochs=}, {batch_size=}")
+    if solver not in SOLVERS:
+        raise InputError(f"linear probe: solver must be one of {SOLVERS}, got {solver!r}")
     if not 0.0 < holdout_fraction < 1.0:
         raise InputError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
     dev = resolve_device(device)
+    if solver == "adam":
+        z, info, selection = _adam(train, ytr, test, n_cls, lrs, weight_decays, epochs, batch_size,
+                                   holdout_fraction, seed, dev)
+    else:
+        if lrs is not None or epochs is not None or batch_size is not None:
+            raise InputError("linear probe: lrs, epochs and batch_size apply to solver='adam' only")
+        if not tol > 0 or max_iter < 1 or chunk < 1:
+            raise InputError(f"linear probe: tol, max_iter and chunk must be positive, got {tol=}, "
+                             f"{max_iter=}, {chunk=}")
+        z, info, selection = _lbfgs(train, ytr, test, n_cls, weight_decays, tol, max_iter, precision, chunk,
+                                    holdout_fraction, seed, dev)
+    pred, top1, top5 = topk_hits(z, yte)
+    yn = yte.numpy()
+    rows = pd.DataFrame({"image_id": ids, "label": yn, "pred": pred, "top1": top1, "top5": top5})
+    metrics = {
+        "linear_probe.top1": proportion(top1),
+        "linear_probe.top5": proportion(top5),
+        "linear_probe.mean_per_class_recall": mean_per_class_recall_metric(yn, top1, seed=seed),
+    }
+    wd = info["chosen_weight_decay"]
+    info = {
+        "n_train": int(train.shape[0]),
+        "n_test": int(test.shape[0]),
+        "dim": int(train.shape[1]),
+        "num_classes": n_cls,
+        "solver": solver,
+        **info,
+        "chosen_sklearn_C": (1.0 / (wd * train.shape[0])) if wd > 0 else None,
+        "n_candidates": len(selection),
+        "holdout_fraction": holdout_fraction,
+        "selection": selection.to_dict(orient="records"),
+        "seed": seed,
+        "device": str(dev),
+        "empty_train_classes": empty_classes(ytr, n_cls),
+    }
+    tables = {"per_class": per_class_table(yn, top1), "selection": selection}
+    return Result("linear_probe", metrics, rows=rows, tables=tables, info=info)
 
+
+def _lbfgs(train, ytr, test, n_cls, weight_decays, tol, max_iter, precision, chunk, holdout_fraction, seed,
+           dev) -> tuple[torch.Tensor, dict, pd.DataFrame]:
+    dtype = compute_dtype(precision)
+    wds = _weight_decays(weight_decays)
+    kw = {"tol": tol, "max_iter": max_iter, "dtype": dtype, "device": dev, "chunk": chunk}
+    if len(wds) > 1:
+        best, start, start_scaler, selection = select_weight_decay(
+            train, ytr, n_cls, wds, holdout_fraction=holdout_fraction, seed=seed, **kw)
+    else:
+        best, start, start_scaler = 0, None, None
+        selection = pd.DataFrame({"weight_decay": wds, "holdout_top1": [float("nan")]})
+    head, fit = refit(train, ytr, n_cls, start, start_scaler, wds[best], **kw)
+    z = head.logits(test, dev, dtype, chunk)
+    info = {"chosen_weight_decay": wds[best], "tol": tol, "max_iter": max_iter, "precision": precision,
+            "chunk": chunk, "refit_iterations": fit.iterations, "refit_passes": fit.passes}
+    return z, info, selection
+
+
+def _adam(train, ytr, test, n_cls, lrs, weight_decays, epochs, batch_size, holdout_fraction, seed,
+          dev) -> tuple[torch.Tensor, dict, pd.DataFrame]:
+    lrs = DEFAULT_LRS if lrs is None else lrs
+    epochs = DEFAULT_EPOCHS if epochs is None else epochs
+    batch_size = DEFAULT_BATCH if batch_size is None else batch_size
+    configs = _grid(lrs, weight_decays)
+    if epochs < 1 or batch_size < 1:
+        raise InputError(f"epochs and batch_size must be positive, got {epochs=}, {batch_size=}")
     kw = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "device": dev}
     if len(configs) > 1:
         best, selection = select_config(train, ytr, n_cls, configs, holdout_fraction=holdout_fraction, **kw)
@@ -213,33 +354,17 @@ def evaluate(
     lr, wd = configs[best]
     heads = fit_heads(train, ytr, n_cls, [(lr, wd)], **kw)
     z = heads.logits(test, dev)[:, 0]
-    pred, top1, top5 = topk_hits(z, yte)
-    yn = yte.numpy()
-    rows = pd.DataFrame({"image_id": ids, "label": yn, "pred": pred, "top1": top1, "top5": top5})
-    metrics = {
-        "linear_probe.top1": proportion(top1),
-        "linear_probe.top5": proportion(top5),
-        "linear_probe.mean_per_class_recall": mean_per_class_recall_metric(yn, top1, seed=seed),
-    }
-    info = {
-        "n_train": int(train.shape[0]),
-        "n_test": int(test.shape[0]),
-        "dim": int(train.shape[1]),
-        "num_classes": n_cls,
-        "chosen_lr": lr,
-        "chosen_weight_decay": wd,
-        "chosen_sklearn_C": (1.0 / (wd * train.shape[0])) if wd > 0 else None,
-        "n_candidates": len(configs),
-        "holdout_fraction": holdout_fraction,
-        "selection": selection.to_dict(orient="records"),
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "seed": seed,
-        "device": str(dev),
-        "empty_train_classes": empty_classes(ytr, n_cls),
-    }
-    tables = {"per_class": per_class_table(yn, top1), "selection": selection}
-    return Result("linear_probe", metrics, rows=rows, tables=tables, info=info)
+    info = {"chosen_lr": lr, "chosen_weight_decay": wd, "epochs": epochs, "batch_size": batch_size}
+    return z, info, selection
+
+
+def _weight_decays(wds: Sequence[float]) -> list[float]:
+    out = [float(w) for w in wds]
+    if not out:
+        raise InputError("linear probe: empty hyperparameter grid")
+    if any(not (w >= 0) for w in out) or len(set(out)) != len(out):
+        raise InputError(f"linear probe: weight decays must be >= 0 and distinct, got {out}")
+    return out
 
 
 def _grid(lrs: Sequence[float], wds: Sequence[float]) -> list[tuple[float, float]]:
