@@ -94,7 +94,10 @@ class LoadedModel:
 
     @property
     def name(self) -> str:
-        return Path(self.source).name if "/" in self.source or self.source.endswith((".pth", ".pt")) else self.source
+        """The file name for checkpoints, the whole name for hub models (`openclip:ViT-B-16/openai`)."""
+        if self.source.split(":", 1)[0] in ("torchvision", "timm", "openclip"):
+            return self.source
+        return Path(self.source).name
 
     def provenance(self) -> dict:
         return {
