@@ -18,18 +18,17 @@ from ..data.transform import dino_vit
 from ..errors import InputError
 from .base import ArchSpec, Backbone, KeyReport, LoadedModel, LoadOptions
 from .keys import (
-    all_have_prefix,
     drop_keys,
     heads_for_width,
     is_state_dict,
     select_prefix,
     strict_load,
-    strip_prefix,
+    strip_if_all,
     to_float32,
+    vit_name,
 )
 
 FAMILY = "dino"
-SIZE_NAMES = {192: "ti", 384: "s", 768: "b", 1024: "l", 1280: "h"}
 MAIN_DINO_KEYS = ("teacher", "student")
 REQUIRED = ("cls_token", "pos_embed", "patch_embed.proj.weight")
 
@@ -70,9 +69,7 @@ def unwrap(raw, opts: LoadOptions | None = None) -> tuple[dict, KeyReport] | Non
     if not is_state_dict(obj):
         return None
     sd = dict(obj)
-    if all_have_prefix(sd, "module."):
-        sd = strip_prefix(sd, "module.")
-        report.steps.append("stripped prefix 'module.'")
+    sd = strip_if_all(sd, "module.", report.steps)
     if any(k.startswith("backbone.") for k in sd):
         rest = sorted(k for k in sd if not k.startswith("backbone."))
         sd = select_prefix(sd, "backbone.")
@@ -134,7 +131,7 @@ def infer_arch(sd: dict, opts: LoadOptions, source: str) -> tuple[ArchSpec, dict
     )
     arch = ArchSpec(
         family=FAMILY,
-        name=f"vit_{SIZE_NAMES.get(width, f'w{width}')}_{patch}",
+        name=vit_name(width, patch),
         image_size=grid * patch,
         patch_size=patch,
         width=width,

@@ -22,6 +22,22 @@ def all_have_prefix(sd: Mapping, prefix: str) -> bool:
     return len(sd) > 0 and all(k.startswith(prefix) for k in sd)
 
 
+def strip_if_all(sd: dict, prefix: str, steps: list[str]) -> dict:
+    """Strip `prefix` when every key has it (DDP's `module.`, detectron2's `model.`), noting the step."""
+    if all_have_prefix(sd, prefix):
+        steps.append(f"stripped prefix '{prefix}'")
+        return strip_prefix(sd, prefix)
+    return sd
+
+
+# timm-style size names by width (ViT-Ti/S/B/L/H), used in architecture names.
+SIZE_NAMES = {192: "ti", 384: "s", 768: "b", 1024: "l", 1280: "h"}
+
+
+def vit_name(width: int, patch: int) -> str:
+    return f"vit_{SIZE_NAMES.get(width, f'w{width}')}_{patch}"
+
+
 def select_prefix(sd: Mapping, prefix: str) -> dict:
     """Keys under `prefix`, with it removed."""
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}

@@ -24,7 +24,14 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from ..data.transform import clip_vit
 from ..errors import InputError
 from .base import ArchSpec, Backbone, KeyReport, LoadedModel, LoadOptions
-from .keys import all_have_prefix, drop_keys, heads_for_width, is_state_dict, strict_load, strip_prefix, to_float32
+from .keys import (
+    drop_keys,
+    heads_for_width,
+    is_state_dict,
+    strict_load,
+    strip_if_all,
+    to_float32,
+)
 
 FAMILY = "openclip"
 OPENAI_MARKERS = ("input_resolution", "context_length", "vocab_size")
@@ -49,9 +56,7 @@ def unwrap(raw, opts: LoadOptions | None = None) -> tuple[dict, KeyReport, dict]
     if not is_state_dict(obj):
         return None
     sd = dict(obj)
-    if all_have_prefix(sd, "module."):
-        sd = strip_prefix(sd, "module.")
-        report.steps.append("stripped prefix 'module.'")
+    sd = strip_if_all(sd, "module.", report.steps)
     if "visual.conv1.weight" not in sd:
         return None
     markers = [k for k in OPENAI_MARKERS if k in sd]

@@ -12,17 +12,16 @@ from ..data.transform import torchvision_vit
 from ..errors import InputError
 from .base import ArchSpec, Backbone, KeyReport, LoadedModel, LoadOptions
 from .keys import (
-    all_have_prefix,
     drop_keys,
     heads_for_width,
     is_state_dict,
     strict_load,
-    strip_prefix,
+    strip_if_all,
     to_float32,
+    vit_name,
 )
 
 FAMILY = "torchvision"
-SIZE_NAMES = {192: "ti", 384: "s", 768: "b", 1024: "l", 1280: "h"}
 
 
 def unwrap(raw) -> tuple[dict, KeyReport] | None:
@@ -39,9 +38,7 @@ def unwrap(raw) -> tuple[dict, KeyReport] | None:
         return None
     sd = dict(obj)
     for prefix in ("module.", "model.", "module."):
-        if all_have_prefix(sd, prefix):
-            sd = strip_prefix(sd, prefix)
-            report.steps.append(f"stripped prefix '{prefix}'")
+        sd = strip_if_all(sd, prefix, report.steps)
     if "conv_proj.weight" not in sd or "encoder.pos_embedding" not in sd:
         return None
     if report.format == "{'model': ...}" and "stripped prefix 'model.'" in report.steps:
@@ -70,7 +67,7 @@ def infer_arch(sd: dict, opts: LoadOptions, source: str) -> ArchSpec:
     mlp_dim = sd[mlp_key].shape[0]
     num_classes = sd["heads.head.weight"].shape[0] if "heads.head.weight" in sd else None
     image = grid * patch
-    name = f"vit_{SIZE_NAMES.get(width, f'w{width}')}_{patch}"
+    name = vit_name(width, patch)
     return ArchSpec(
         family=FAMILY,
         name=name,
