@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..data.filters import FilterSpec, summarize
-from ..data.pib import load_pib_data, targets_for
+from ..data.pib import PibData, load_pib_data, targets_for
 from ..engine.cache import CacheSpec
 from ..engine.device import EngineSpec
 from ..engine.extract import TapRequest, extract
@@ -26,6 +27,35 @@ class PatchHitOutput:
     result: Result
     record: dict
     out_dir: Path
+
+
+def mark_outside(data: PibData, targets: np.ndarray, masks: bool) -> np.ndarray:
+    """Record images whose object misses the crop as dropped; returns the indices of the others."""
+    inside = targets.any(axis=1)
+    outside = [r.image_id for r, ok in zip(data.records, inside, strict=True) if not ok]
+    if outside:
+        data.dropped["object outside the crop" if masks else "box outside the crop"] = outside
+    return np.flatnonzero(inside)
+
+
+def evaluate_pib(data: PibData, targets: np.ndarray, rows: np.ndarray, scores: np.ndarray, grid) -> Result:
+    """patch-hit for the records `rows` (indices into data.records) with their scores, plus the counts
+    of what was found, filtered and dropped, and the dropped-image table."""
+    result = patch_hit.evaluate(
+        scores,
+        targets[rows],
+        [data.records[i].image_id for i in rows],
+        grid,
+        classes=[data.class_of(i) for i in rows],
+        labels=np.asarray([data.labels[i] for i in rows]),
+    )
+    result.info.update({"found": data.report["found"], "kept_after_filter": data.report["kept"],
+                        "evaluated": int(len(rows)), "dropped": summarize(data.dropped)})
+    if data.dropped:
+        result.tables["dropped"] = pd.DataFrame(
+            [(reason, i) for reason, ids in data.dropped.items() for i in ids], columns=["reason", "image_id"]
+        )
+    return result
 
 
 def run_patch_hit(
@@ -47,11 +77,7 @@ def run_patch_hit(
     data = load_pib_data(root, boxes, filt, engine.on_bad_image, masks=masks)
     t = model.transform
     targets = targets_for(data, t.resize, t.crop, model.arch.patch_size, rule, fg_fraction)
-    inside = targets.any(axis=1)
-    outside = [r.image_id for r, ok in zip(data.records, inside, strict=True) if not ok]
-    if outside:
-        data.dropped["object outside the crop" if masks else "box outside the crop"] = outside
-    keep = np.flatnonzero(inside)
+    keep = mark_outside(data, targets, masks is not None)
     if limit is not None:
         keep = keep[:limit]
     if keep.size == 0:
@@ -67,20 +93,9 @@ def run_patch_hit(
         data.dropped["unreadable image"] = sorted(set(data.dropped.get("unreadable image", [])) | bad_ids)
     if done.size == 0:
         raise InputError(f"{root}: every selected image failed to decode")
-    result = patch_hit.evaluate(
-        feats.arrays[f"patch_scores/{pooling.name}"],
-        targets[done],
-        [data.records[i].image_id for i in done],
-        model.arch.grid,
-        classes=[data.class_of(i) for i in done],
-        labels=np.asarray([data.labels[i] for i in done]),
-    )
+    result = evaluate_pib(data, targets, done, feats.arrays[f"patch_scores/{pooling.name}"], model.arch.grid)
     result.info.update(
         {
-            "found": data.report["found"],
-            "kept_after_filter": data.report["kept"],
-            "evaluated": int(done.size),
-            "dropped": summarize(data.dropped),
             "skipped_images": [p for p, _ in feats.bad],
             "hit_rule": rule,
             "images_per_second": round(feats.images_per_second, 2),
@@ -90,12 +105,6 @@ def run_patch_hit(
             "engine": feats.engine_info,
         }
     )
-    if data.dropped:
-        import pandas as pd
-
-        result.tables["dropped"] = pd.DataFrame(
-            [(reason, i) for reason, ids in data.dropped.items() for i in ids], columns=["reason", "image_id"]
-        )
     provenance = {
         "model": model.provenance(),
         "pooling": {"name": pooling.name, **pooling.to_dict()},

@@ -134,20 +134,14 @@ def run_evaluators(
 
 
 def _patch_hit(model, spec, feats: Features, val: LabeledImages, pib, targets) -> Result:
-    from ..evaluators import patch_hit
+    """patch-hit on the PiB records that the val pass processed (joined on image id)."""
+    from .patch_hit import evaluate_pib, mark_outside
 
     pos = {val.ids[i]: row for row, i in enumerate(feats.index)}
-    keep = [(j, pos[r.image_id]) for j, r in enumerate(pib.records) if r.image_id in pos and targets[j].any()]
+    inside = mark_outside(pib, targets, pib.masks is not None)
+    keep = [(j, pos[pib.records[j].image_id]) for j in inside if pib.records[j].image_id in pos]
     if not keep:
         raise InputError("patch-hit: no evaluated image has a box inside the crop")
     j_idx = np.array([j for j, _ in keep])
     rows = np.array([r for _, r in keep])
-    result = patch_hit.evaluate(feats.arrays[f"patch_scores/{spec.name}"][rows], targets[j_idx],
-                                [pib.records[j].image_id for j in j_idx], model.arch.grid,
-                                classes=[pib.class_of(j) for j in j_idx],
-                                labels=np.array([pib.labels[j] for j in j_idx]))
-    outside = int((~targets.any(axis=1)).sum())
-    result.info.update({"found": pib.report["found"], "kept_after_filter": pib.report["kept"],
-                        "evaluated": len(keep), "dropped": {**{k: len(v) for k, v in pib.dropped.items()},
-                                                            **({"box outside the crop": outside} if outside else {})}})
-    return result
+    return evaluate_pib(pib, targets, j_idx, feats.arrays[f"patch_scores/{spec.name}"][rows], model.arch.grid)
