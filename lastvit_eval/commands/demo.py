@@ -24,12 +24,11 @@ def demo(
     import pandas as pd
 
     from ..pipelines.demo import run_demo
-    from ..report import aggregate as agg
     from ..report.console import console
     from ..report.show import print_frame
 
     out = run_demo(output_dir, o.engine_spec(device, dtype, 64, workers, "skip"), progress=not no_progress)
-    long = agg.aggregate(out.runs)
+    long = out.table
     shown = {"patch_hit.top1": "PiB top-1", "patch_hit.fg_above_bg": "fg>bg", "knn.k20.top1": "k-NN k20",
              "linear_probe.top1": "probe top-1", "classify.top1": "head top-1"}
     table = (long[long["metric"].isin(shown)].pivot_table(index=["checkpoint", "pooling"], columns="metric",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -87,9 +87,13 @@ def load_pib_data(
 
 
 def targets_for(
-    data: PibData, resize: int, crop: int, patch: int, rule: HitRule, fg_fraction: float = 0.5
+    data: PibData, resize: int, crop: int, patch: int, rule: HitRule, fg_fraction: float = 0.5,
+    rows: list[int] | None = None,
 ) -> np.ndarray:
-    """[n_images, n_patches] bool: which patches count as inside each image's box(es) or mask."""
+    """[n_images, n_patches] bool: which patches count as inside each image's box(es) or mask
+    (for the records `rows` only, when given)."""
+    if rows is not None:
+        data = replace(data, records=[data.records[i] for i in rows], sizes=[data.sizes[i] for i in rows])
     if data.masks is not None:
         return np.stack(
             [

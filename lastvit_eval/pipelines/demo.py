@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import pandas as pd
+
 from ..data.recognition import from_imagenet
 from ..engine.device import EngineSpec
 from ..errors import InputError
@@ -38,6 +40,7 @@ class DemoOutput:
     comparison: dict
     pictures: list[Path]
     summary: list  # the paired comparison's (quantity, value) rows
+    table: pd.DataFrame  # the aggregated long table (one row per run and metric)
 
 
 def run_demo(out: Path, engine: EngineSpec, progress: bool = True, ks: tuple[int, ...] = (10, 20)) -> DemoOutput:
@@ -48,21 +51,20 @@ def run_demo(out: Path, engine: EngineSpec, progress: bool = True, ks: tuple[int
 
     data, ckpts = bundled()
     val, train = from_imagenet(data, "val"), from_imagenet(data, "train")
-    runs = []
-    for ckpt in ckpts:
+    runs, pictures = [], []
+    # each model with the pooling it was trained with: cls for tiny_cls, last for tiny_last
+    for ckpt, own_pooling in zip(ckpts, POOLINGS, strict=True):
         model = load_model(ckpt)
         cfg = RunConfig(evaluators=EVALUATORS, poolings=list(POOLINGS), val=val, train=train,
                         pib=PibOptions(root=data), ks=ks, dataset_name="demo")
         run_evaluators(model, cfg, engine, out / ckpt.stem, progress=progress)
         runs += [out / ckpt.stem / p.name for p in POOLINGS]
+        pictures += run_visualize(model, data, None, FilterSpec(), own_pooling, engine,
+                                  out / "pictures" / ckpt.stem, sample=8, seed=0, progress=progress)
     long = agg.aggregate(runs)
     report = agg.write_report(long, out)
     # the paper's comparison: each model with the pooling it was trained with
     result = cmp.compare_runs(out / "tiny_cls" / "cls", out / "tiny_last" / "last-k1", "patch_hit.top1")
     comparison = cmp.write_comparison(result, out / "compare")
-    pictures = []
-    for ckpt, pooling in zip(ckpts, POOLINGS, strict=True):
-        pictures += run_visualize(load_model(ckpt), data, None, FilterSpec(), pooling, engine,
-                                  out / "pictures" / ckpt.stem, sample=8, seed=0, progress=progress)
     return DemoOutput(runs=runs, report=report, comparison=comparison, pictures=pictures,
-                      summary=result.summary_rows())
+                      summary=result.summary_rows(), table=long)

@@ -66,7 +66,7 @@ def run_visualize(
         titles.append(f"{rec.image_id} {data.class_of(i) or ''}".strip())
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [plots.heatmap_grid(crops, grids, crop_boxes, out_dir / "heatmaps.png", top_patches=tops, titles=titles)]
-    fg = targets_for(data, t.resize, t.crop, model.arch.patch_size, "any")[picks]
+    fg = targets_for(data, t.resize, t.crop, model.arch.patch_size, "any", rows=picks)
     written.append(plots.score_distribution(scores, fg, out_dir / "score_distribution.png",
                                             title=f"{model.name} {pooling.name}: patch scores"))
     if f"votes/{pooling.name}" in feats.arrays:
