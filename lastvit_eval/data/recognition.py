@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..errors import InputError
 from .images import IMAGE_SUFFIXES, index_images
-from .labels import read_val_txt
+from .labels import read_classes_tsv, read_val_txt
 
 
 @dataclass
@@ -51,8 +51,7 @@ def from_imagenet(root: Path, split: str) -> LabeledImages:
             raise InputError(f"{root}/{split}: images are not in class folders and {val_txt} does not exist")
         mapping = read_val_txt(val_txt)
         tsv = Path(root) / "meta" / "classes.tsv"
-        classes = ([ln.split("\t")[1] for ln in tsv.read_text().splitlines() if ln.strip()] if tsv.exists()
-                   else None)
+        classes = read_classes_tsv(tsv) if tsv.exists() else None
         names = []
         for r in records:
             if r.image_id not in mapping:
