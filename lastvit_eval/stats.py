@@ -29,8 +29,13 @@ def bootstrap_metric(
     n_resamples: int = 1000,
     seed: int = 0,
     scale: float = 1.0,
+    vectorized: bool = False,
 ) -> Metric:
-    """Statistic over per-sample arrays with a percentile bootstrap CI over samples (paired)."""
+    """Statistic over per-sample arrays with a percentile bootstrap CI over samples (paired).
+
+    `vectorized`: the statistic accepts 2-D (resamples x samples) arrays and an `axis` keyword; it is
+    then called on batches of resamples (at most about 5M elements each) instead of once per resample.
+    """
     n = int(len(samples[0]))
     value = float(statistic(*samples))
     if n < 2:
@@ -39,7 +44,8 @@ def bootstrap_metric(
         samples,
         statistic,
         paired=True,
-        vectorized=False,
+        vectorized=vectorized,
+        batch=max(1, 5_000_000 // n) if vectorized else None,
         n_resamples=n_resamples,
         confidence_level=0.95,
         method="percentile",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from lastvit_eval.errors import InputError
 from lastvit_eval.evaluators import classify, get
-from lastvit_eval.evaluators.scoring import mean_per_class_recall
+from lastvit_eval.evaluators.scoring import mean_per_class_recall, topk_hits
+from lastvit_eval.stats import bootstrap_metric
 
 
 def _logits():
@@ -60,6 +62,33 @@ def test_mean_per_class_recall_literal():
     y = np.array([0, 0, 0, 1, 2, 2])
     c = np.array([1, 1, 0, 0, 1, 0], dtype=bool)
     assert mean_per_class_recall(y, c) == pytest.approx((2 / 3 + 0 + 1 / 2) / 3)
+
+
+@pytest.mark.parametrize("k", [1, 5, 9])
+def test_topk_hits_matches_stable_sort_with_many_ties(k):
+    # Small integer logits: most rows have ties inside and across the top k; reference = stable sort.
+    rng = np.random.default_rng(k)
+    z = torch.from_numpy(rng.integers(0, 4, (500, 9)).astype(np.float32))
+    z[::7] = torch.from_numpy(rng.normal(size=(z[::7].shape)).astype(np.float32))  # and some without ties
+    y = torch.from_numpy(rng.integers(0, 9, 500))
+    order = torch.sort(z, dim=1, descending=True, stable=True).indices[:, :k]
+    pred, top1, topk = topk_hits(z, y, k, chunk=64)
+    assert np.array_equal(pred, order[:, 0].numpy())
+    assert np.array_equal(top1, (order[:, 0] == y).numpy())
+    assert np.array_equal(topk, (order == y[:, None]).any(dim=1).numpy())
+
+
+def test_mean_per_class_recall_vectorized_rows_and_bootstrap():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 12, (40, 30))  # some rows miss some classes
+    c = rng.random((40, 30)) < 0.6
+    rows = [mean_per_class_recall(y[i], c[i]) for i in range(40)]
+    assert mean_per_class_recall(y, c) == pytest.approx(rows, abs=1e-12)
+    assert mean_per_class_recall(y.astype(str), c) == pytest.approx(rows, abs=1e-12)  # non-integer labels
+    # The batched bootstrap draws the same resamples as the one-call-per-resample path: same CI.
+    a = bootstrap_metric(mean_per_class_recall, y[0], c[0], scale=100.0, vectorized=True)
+    b = bootstrap_metric(lambda u, v: mean_per_class_recall(u, v), y[0], c[0], scale=100.0)
+    assert (a.value, a.ci_low, a.ci_high) == pytest.approx((b.value, b.ci_low, b.ci_high), abs=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -88,3 +88,47 @@ def test_evaluators_on_feature_files_match_the_images_path(with_train, detectron
     assert {k: v["value"] for k, v in a.items()} == {k: v["value"] for k, v in b.items()}
     r = runner.invoke(app, ["knn", "--test-features", str(tmp_path / "val.npz")])
     assert r.exit_code == 2 and "--train-features" in (r.stderr or r.output)
+
+
+def test_linear_probe_options_reach_the_probe(with_train, detectron2_ckpt, tmp_path):
+    r = runner.invoke(app, ["run", "-c", str(detectron2_ckpt), "-r", str(with_train), "-o", str(tmp_path / "a"),
+                            "-e", "linear-probe", "-p", "cls", "--weight-decays", "1e-2,1e-3", "--holdout-fraction",
+                            "0.2", "--probe-precision", "fp32", "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output + (r.stderr or "")
+    info = json.loads((tmp_path / "a" / "metrics.json").read_text())["info"]["linear_probe"]
+    assert [row["weight_decay"] for row in info["selection"]] == [1e-2, 1e-3]
+    assert info["chosen_weight_decay"] in (1e-2, 1e-3)
+    assert (info["precision"], info["holdout_fraction"], info["solver"]) == ("fp32", 0.2, "lbfgs")
+
+    r = runner.invoke(app, ["extract", "-c", str(detectron2_ckpt), "-r", str(with_train), "--split", "train",
+                            "-p", "cls", "--output", str(tmp_path / "train.npz"), "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0
+    files = ["--train-features", str(tmp_path / "train.npz"), "--test-features", str(tmp_path / "train.npz")]
+    r = runner.invoke(app, ["linear-probe", *files, "--solver", "adam", "--lrs", "1e-2", "--weight-decays", "0",
+                            "-o", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output + (r.stderr or "")
+    info = json.loads((tmp_path / "b" / "metrics.json").read_text())["info"]["linear_probe"]
+    assert (info["solver"], info["chosen_lr"], info["chosen_weight_decay"], info["n_candidates"]) == \
+        ("adam", 1e-2, 0.0, 1)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--weight-decays", "1e-3,abc"], "--weight-decays"),
+    (["--weight-decays", "-1"], "weight decays must be >= 0"),
+    (["--solver", "sgd"], "--solver"),
+    (["--probe-precision", "fp8"], "--probe-precision"),
+    (["--lrs", "1e-3"], "solver='adam' only"),
+    (["--holdout-fraction", "1.5"], "holdout_fraction"),
+])
+def test_linear_probe_bad_options(args, message, tmp_path):
+    import numpy as np
+
+    from lastvit_eval.features_io import FeatureSet, save_features
+
+    rng = np.random.default_rng(0)
+    fs = FeatureSet({"pooled/cls": rng.normal(size=(12, 4)).astype(np.float32)}, np.arange(12) % 3,
+                    [f"i{i}" for i in range(12)], classes=["a", "b", "c"])
+    path = save_features(tmp_path / "f.npz", fs)
+    r = runner.invoke(app, ["linear-probe", "--train-features", str(path), "--test-features", str(path),
+                            "-o", str(tmp_path / "out"), *args])
+    assert r.exit_code == 2 and message in (r.stderr or r.output), r.output + (r.stderr or "")

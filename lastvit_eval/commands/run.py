@@ -30,8 +30,21 @@ TrainFeatures = Annotated[Path | None, typer.Option("--train-features", help="Tr
                           "`extract` (.npz / .safetensors) instead of a model and images.", rich_help_panel=o.DATA)]
 TestFeatures = Annotated[Path | None, typer.Option("--test-features", help="Test features written by `extract`.",
                                                    rich_help_panel=o.DATA)]
-Ks = Annotated[str, typer.Option("--ks", help="k-NN: comma-separated k values.", rich_help_panel=o.DATA)]
-Temperature = Annotated[float, typer.Option("--temperature", help="k-NN vote temperature.", rich_help_panel=o.DATA)]
+KNN, PROBE = "k-NN", "Linear probe"
+Ks = Annotated[str, typer.Option("--ks", help="Comma-separated k values.", rich_help_panel=KNN)]
+Temperature = Annotated[float, typer.Option("--temperature", help="Vote temperature T: weights exp(sim / T).",
+                                            rich_help_panel=KNN)]
+WeightDecays = Annotated[str | None, typer.Option(
+    "--weight-decays", help="Comma-separated weight decays to choose from on the hold-out (0 = unpenalized; "
+    "default 3e-3,1e-3,3e-4,1e-4,3e-5,1e-5,0). One value: no selection.", rich_help_panel=PROBE)]
+Solver = Annotated[str, typer.Option("--solver", help="lbfgs (full-batch, weight-decay path) or adam "
+                                     "(minibatch, lr x weight-decay grid trained jointly).", rich_help_panel=PROBE)]
+HoldoutFraction = Annotated[float, typer.Option("--holdout-fraction", help="Share of each training class held out "
+                                                "for the selection.", rich_help_panel=PROBE)]
+ProbePrecision = Annotated[str, typer.Option("--probe-precision", help="lbfgs matmuls: bf16 (fp32 accumulation; "
+                                             "fastest on CPUs with bf16) or fp32.", rich_help_panel=PROBE)]
+Lrs = Annotated[str | None, typer.Option("--lrs", help="adam: comma-separated learning rates (default 2e-3).",
+                                         rich_help_panel=PROBE)]
 
 
 def _datasets(imagenet_root, train, test, train_per_class, seed, need_train):
@@ -56,15 +69,37 @@ def _datasets(imagenet_root, train, test, train_per_class, seed, need_train):
     return val, tr
 
 
-def _ks(ks: str) -> tuple[int, ...]:
+def _numbers(option: str, text: str, kind: type) -> tuple:
     try:
-        return tuple(int(k) for k in ks.split(",") if k.strip())
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise InputError(f"--ks {ks!r}: expected comma-separated integers") from None
+        raise InputError(f"{option} {text!r}: expected comma-separated {kind.__name__}s") from None
+    if not values:
+        raise InputError(f"{option}: give at least one value")
+    return values
 
 
-def run_job(evaluators: list[str], checkpoint, imagenet_root, train, test, train_per_class, seed, poolings, ks,
-            temperature, load_opts, engine, output_dir, run_name, no_progress, boxes=None, masks=None, cache=None):
+def recognition_options(ks: str, temperature: float, weight_decays: str | None, solver: str,
+                        holdout_fraction: float, probe_precision: str, lrs: str | None) -> dict:
+    """k-NN and linear-probe settings from the command line (the evaluators check the values' ranges)."""
+    from ..evaluators.linear_probe import SOLVERS
+    from ..evaluators.logreg_lbfgs import PRECISIONS
+
+    if solver not in SOLVERS or probe_precision not in PRECISIONS:
+        raise InputError(f"--solver must be one of {', '.join(SOLVERS)} and --probe-precision one of "
+                         f"{', '.join(PRECISIONS)}; got {solver!r}, {probe_precision!r}")
+    probe = {"solver": solver, "holdout_fraction": holdout_fraction}
+    if weight_decays is not None:
+        probe["weight_decays"] = _numbers("--weight-decays", weight_decays, float)
+    if solver == "lbfgs":
+        probe["precision"] = probe_precision
+    if lrs is not None:
+        probe["lrs"] = _numbers("--lrs", lrs, float)
+    return {"ks": _numbers("--ks", ks, int), "temperature": temperature, "probe": probe}
+
+
+def run_job(evaluators: list[str], checkpoint, imagenet_root, train, test, train_per_class, seed, poolings, recog,
+            load_opts, engine, output_dir, run_name, no_progress, boxes=None, masks=None, cache=None):
     from ..data.filters import FilterSpec
     from ..models import load_model
     from ..pipelines.run import PibOptions, RunConfig, run_evaluators
@@ -72,7 +107,6 @@ def run_job(evaluators: list[str], checkpoint, imagenet_root, train, test, train
     from ..report.console import console, print_result
 
     specs = [PoolingSpec.parse(p) for p in (poolings or ["last"])]
-    k_values = _ks(ks)
     model = load_model(checkpoint, load_opts)
     val, tr = _datasets(imagenet_root, train, test, train_per_class, seed,
                         any(e in ("knn", "linear-probe") for e in evaluators))
@@ -83,8 +117,8 @@ def run_job(evaluators: list[str], checkpoint, imagenet_root, train, test, train
         pib = PibOptions(root=imagenet_root, boxes=boxes, filt=FilterSpec(), masks=masks,
                          rule="majority" if masks else "any")
     name = Path(imagenet_root or test).name  # type: ignore[arg-type]
-    cfg = RunConfig(evaluators=evaluators, poolings=specs, val=val, train=tr, pib=pib, ks=k_values,
-                    temperature=temperature, seed=seed, dataset_name=name)
+    cfg = RunConfig(evaluators=evaluators, poolings=specs, val=val, train=tr, pib=pib, seed=seed,
+                    dataset_name=name, **recog)
     out = o.run_dir(output_dir, run_name, "-".join(evaluators), model.name)
     from ..engine.distributed import session
 
@@ -116,6 +150,11 @@ def run(
     pooling: Poolings = None,
     ks: Ks = "10,20,100,200",
     temperature: Temperature = 0.07,
+    weight_decays: WeightDecays = None,
+    solver: Solver = "lbfgs",
+    holdout_fraction: HoldoutFraction = 0.1,
+    probe_precision: ProbePrecision = "bf16",
+    lrs: Lrs = None,
     trust_checkpoint: o.TrustCheckpoint = False,
     ignore_keys: o.IgnoreKeys = None,
     num_heads: o.NumHeads = None,
@@ -136,7 +175,8 @@ def run(
     names = [e.strip() for e in evaluators.split(",") if e.strip()]
     if not names:
         raise InputError("--evaluators: give at least one evaluator")
-    run_job(names, checkpoint, imagenet_root, train, test, train_per_class, seed, pooling, ks, temperature,
+    recog = recognition_options(ks, temperature, weight_decays, solver, holdout_fraction, probe_precision, lrs)
+    run_job(names, checkpoint, imagenet_root, train, test, train_per_class, seed, pooling, recog,
             o.load_options(trust_checkpoint, ignore_keys, num_heads, checkpoint_key, family),
             o.engine_spec(device, dtype, batch_size, workers, on_bad_image), output_dir, run_name, no_progress,
             boxes=boxes, masks=masks, cache=o.cache_spec(cache_dir, no_cache))
@@ -155,6 +195,11 @@ def _single(name: str, doc: str):
         pooling: Poolings = None,
         ks: Ks = "10,20,100,200",
         temperature: Temperature = 0.07,
+        weight_decays: WeightDecays = None,
+        solver: Solver = "lbfgs",
+        holdout_fraction: HoldoutFraction = 0.1,
+        probe_precision: ProbePrecision = "bf16",
+        lrs: Lrs = None,
         trust_checkpoint: o.TrustCheckpoint = False,
         ignore_keys: o.IgnoreKeys = None,
         num_heads: o.NumHeads = None,
@@ -171,20 +216,21 @@ def _single(name: str, doc: str):
         run_name: o.RunName = None,
         no_progress: o.NoProgress = False,
     ) -> None:
+        recog = recognition_options(ks, temperature, weight_decays, solver, holdout_fraction, probe_precision, lrs)
         if test_features is not None:
             from ..pipelines.features_eval import evaluate_feature_files
             from ..report.console import console, print_result
 
             out = o.run_dir(output_dir, run_name, name, test_features.stem)
             for pooled, (results, _) in evaluate_feature_files([name], train_features, test_features, pooling, out,
-                                                               _ks(ks), temperature, seed).items():
+                                                               seed=seed, **recog).items():
                 for r in results:
                     print_result(r, f"{r.evaluator}  {test_features.name}  pooling={pooled}")
             console.print(f"results written to [bold]{out}[/]")
             return
         if checkpoint is None:
             raise InputError("give --checkpoint (with images) or --test-features")
-        run_job([name], checkpoint, imagenet_root, train, test, train_per_class, seed, pooling, ks, temperature,
+        run_job([name], checkpoint, imagenet_root, train, test, train_per_class, seed, pooling, recog,
                 o.load_options(trust_checkpoint, ignore_keys, num_heads, checkpoint_key, family),
                 o.engine_spec(device, dtype, batch_size, workers, on_bad_image), output_dir, run_name, no_progress,
                 cache=o.cache_spec(cache_dir, no_cache))

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..errors import InputError
 from ..result import Result
-from ..stats import bootstrap_metric, proportion
+from ..stats import proportion
 from . import register
-
-
-def mean_per_class_recall(labels: np.ndarray, correct: np.ndarray) -> float:
-    """Mean over the classes present of the fraction of their images classified correctly."""
-    labels = np.asarray(labels)
-    correct = np.asarray(correct, dtype=float)
-    classes, inverse = np.unique(labels, return_inverse=True)
-    hits = np.bincount(inverse, weights=correct, minlength=classes.size)
-    counts = np.bincount(inverse, minlength=classes.size)
-    return float(np.mean(hits / counts))
+from .scoring import mean_per_class_recall_metric, topk_hits
 
 
 @register("zero-shot", taps=("embedding",), description="Zero-shot top-1/top-5 and mean per-class recall.")
@@ -53,11 +45,8 @@ def evaluate(
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     logits = (emb / np.maximum(norms, 1e-12)) @ w
     k = min(top_k, c)
-    order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    pred, top1, topk = topk_hits(torch.from_numpy(logits), torch.from_numpy(labels), k)
     rows_i = np.arange(n)
-    pred = order[:, 0]
-    top1 = pred == labels
-    topk = (order == labels[:, None]).any(axis=1)
     names = np.asarray(class_names, dtype=object)
     rows = pd.DataFrame({
         "image_id": list(image_ids),
@@ -73,7 +62,7 @@ def evaluate(
     metrics = {
         "zero_shot.top1": proportion(top1),
         f"zero_shot.top{k}": proportion(topk),
-        "zero_shot.mean_per_class_recall": bootstrap_metric(mean_per_class_recall, labels, top1, scale=100.0),
+        "zero_shot.mean_per_class_recall": mean_per_class_recall_metric(labels, top1),
     }
     per = rows.groupby("label", sort=True).agg(cls=("class", "first"), n=("top1", "size"), top1=("top1", "mean"))
     per["top1"] *= 100.0

@@ -33,6 +33,7 @@ def evaluate_feature_files(
     ks: tuple[int, ...] = (10, 20, 100, 200),
     temperature: float = 0.07,
     seed: int = 0,
+    probe: dict | None = None,
 ) -> dict[str, tuple[list[Result], dict]]:
     test = load_features(test_path)
     train = load_features(train_path) if train_path is not None else None
@@ -58,7 +59,7 @@ def evaluate_feature_files(
             elif ev == "linear-probe":
                 results.append(fn(train.get(f"pooled/{name}", str(train_path)), train.labels,
                                   test.get(f"pooled/{name}", str(test_path)), y_test, test_ids=test.image_ids,
-                                  num_classes=n_classes, seed=seed))
+                                  num_classes=n_classes, seed=seed, **(probe or {})))
             elif ev == "classify":
                 results.append(fn(test.get(f"logits/{name}", str(test_path)), y_test, test_ids=test.image_ids,
                                   seed=seed))

@@ -46,6 +46,7 @@ class RunConfig:
     pib: PibOptions | None = None
     ks: tuple[int, ...] = (10, 20, 100, 200)
     temperature: float = 0.07
+    probe: dict = field(default_factory=dict)  # keyword arguments for the linear probe (weight_decays, solver, ...)
     seed: int = 0
     dataset_name: str = "dataset"
 
@@ -103,7 +104,8 @@ def run_evaluators(
             elif name == "linear-probe":
                 results.append(get_evaluator("linear-probe").fn(
                     train_feats.arrays[f"pooled/{spec.name}"], train_labels, val_feats.arrays[f"pooled/{spec.name}"],
-                    val_labels[done], test_ids=ids, num_classes=len(classes), seed=cfg.seed))
+                    val_labels[done], test_ids=ids, num_classes=len(classes), seed=cfg.seed,
+                    device=engine.device if engine.device != "auto" else None, **cfg.probe))
             elif name == "classify":
                 logits = val_feats.arrays[f"logits/{spec.name}"]
                 if logits.shape[1] < len(classes):
