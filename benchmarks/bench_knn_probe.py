@@ -177,7 +177,7 @@ def probe_section(xtr, ytr, xte, yte, a) -> list[str]:
     speed, delta = sk["seconds"] / lp_s, top1 - sk["top1"]
     met = speed >= 5.0 and abs(delta) <= 0.5
     return lines + [
-        f"| scikit-learn LogisticRegression (lbfgs, tol 1e-4, max_iter 100), the same protocol: same hold-out "
+        f"| scikit-learn LogisticRegression (lbfgs, float32 features, tol 1e-4, max_iter 100), the same protocol: same hold-out "
         f"rows, same grid strongest first, each fit warm-started from the previous ({sk['iterations']} "
         f"iterations in all), refit warm-started ({sk['refit_iterations']} iterations), no CIs "
         f"| {sk['seconds']:.1f} s | {sk['chosen']:g} | {sk['top1']:.2f} |",
@@ -227,12 +227,13 @@ def main() -> None:
     xte, yte = make_features(a.n_test, a.dim, means, 2)
     print(f"data: train {xtr.shape}, test {xte.shape}, {a.classes} classes", flush=True)
 
+    timing = f"the fastest of {a.repeats} runs" if a.repeats > 1 else "one run"
     lines = [
         f"## k-NN and linear probe benchmark: {a.n_train:,} x {a.dim} train, {a.classes} classes",
         "",
         f"Machine: {os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads. Machine shared with other jobs: k-NN is "
-        f"one run; every linear-probe time (ours and scikit-learn's alike) is {'the fastest of ' + str(a.repeats) + ' runs' if a.repeats > 1 else 'one run'}.",
+        f"one run; every linear-probe time (ours and scikit-learn's alike) is {timing}.",
         f"Data: synthetic, train {a.n_train} x {a.dim}, test {a.n_test}, {a.classes} classes; class means "
         f"N(0, {a.mean_scale}^2) plus N(0, 1) noise.",
         "",

@@ -85,6 +85,7 @@ def test_mean_per_class_recall_vectorized_rows_and_bootstrap():
     rows = [mean_per_class_recall(y[i], c[i]) for i in range(40)]
     assert mean_per_class_recall(y, c) == pytest.approx(rows, abs=1e-12)
     assert mean_per_class_recall(y.astype(str), c) == pytest.approx(rows, abs=1e-12)  # non-integer labels
+    assert mean_per_class_recall(y * 10**9, c) == pytest.approx(rows, abs=1e-12)  # sparse ids: no huge table
     # The batched bootstrap draws the same resamples as the one-call-per-resample path: same CI.
     a = bootstrap_metric(mean_per_class_recall, y[0], c[0], scale=100.0, vectorized=True)
     b = bootstrap_metric(lambda u, v: mean_per_class_recall(u, v), y[0], c[0], scale=100.0)

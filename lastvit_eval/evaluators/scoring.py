@@ -44,12 +44,12 @@ def mean_per_class_recall(labels: np.ndarray, correct: np.ndarray, axis: int = -
     if labels.ndim == 1:
         return float(mean_per_class_recall(labels[None], correct[None], axis)[0])
     labels, correct = np.moveaxis(labels, axis, -1), np.moveaxis(correct, axis, -1)
-    if labels.dtype.kind in "iu" and labels.min() >= 0:
+    rows = labels.shape[0]
+    if labels.dtype.kind in "iu" and labels.min() >= 0 and rows * (int(labels.max()) + 1) <= 2**25:
         inverse, c = labels, int(labels.max()) + 1  # class ids index directly; absent classes are NaN below
     else:
         classes, inverse = np.unique(labels, return_inverse=True)
         inverse, c = inverse.reshape(labels.shape), classes.size
-    rows = labels.shape[0]
     flat = (inverse + c * np.arange(rows)[:, None]).ravel()
     hits = np.bincount(flat, weights=correct.ravel(), minlength=rows * c).reshape(rows, c)
     counts = np.bincount(flat, minlength=rows * c).reshape(rows, c)
