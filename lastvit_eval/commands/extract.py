@@ -8,13 +8,15 @@ from typing import Annotated
 import typer
 
 from ..app import app
+from ..engine.device import EngineSpec
 from ..errors import InputError
 from ..features_io import SUFFIXES
-from ..models import load_model
+from ..models import LoadOptions, load_model
 from . import options as o
 
 
 @app.command("extract")
+@o.grouped(load=o.load_group, engine=o.engine_group)
 def extract(
     checkpoint: o.Checkpoint,
     imagenet_root: o.ImagenetRoot,
@@ -28,17 +30,8 @@ def extract(
     score_formula: o.ScoreFormula = "code",
     patch_tokens: Annotated[bool, typer.Option("--patch-tokens", help="Also store the final patch tokens (fp16).",
                                                rich_help_panel=o.OUTPUT)] = False,
-    trust_checkpoint: o.TrustCheckpoint = False,
-    ignore_keys: o.IgnoreKeys = None,
-    num_heads: o.NumHeads = None,
-    checkpoint_key: o.CheckpointKey = None,
-    family: o.Family = None,
-    quick_gelu: o.QuickGelu = None,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "fp32",
-    batch_size: o.BatchSize = 64,
-    workers: o.Workers = None,
-    on_bad_image: o.OnBadImage = "skip",
+    load: LoadOptions = None,
+    engine: EngineSpec = None,
     no_progress: o.NoProgress = False,
 ) -> None:
     """Pooled features (every --pooling), projected embeddings, logits, labels and ids, in one file."""
@@ -49,9 +42,7 @@ def extract(
     if output.suffix not in SUFFIXES:
         raise InputError(f"--output {output}: use a .npz or .safetensors file name")
     specs = o.pooling_specs(pooling, topk, sigma, score_formula)
-    engine = o.engine_spec(device, dtype, batch_size, workers, on_bad_image)
-    model = load_model(checkpoint, o.load_options(trust_checkpoint, ignore_keys, num_heads, checkpoint_key, family,
-                                                  quick_gelu))
+    model = load_model(checkpoint, load)
     fs = extract_split(model, imagenet_root, split, specs, default_taps(model, patch_tokens), engine,
                        progress=not no_progress, limit=limit)
     save_features(output, fs)

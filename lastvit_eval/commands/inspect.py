@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..app import app
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel, LoadOptions, load_model
 from . import options as o
 
 
@@ -33,20 +33,15 @@ def describe(model: LoadedModel) -> dict:
 
 
 @app.command("inspect")
+@o.grouped(load=o.load_group)
 def inspect_cmd(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint file or hub name (torchvision:vit_b_16, timm:NAME, "
                                               "openclip:ARCH/TAG).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
-    trust_checkpoint: o.TrustCheckpoint = False,
-    ignore_keys: o.IgnoreKeys = None,
-    num_heads: o.NumHeads = None,
-    checkpoint_key: o.CheckpointKey = None,
-    family: o.Family = None,
-    quick_gelu: o.QuickGelu = None,
+    load: LoadOptions = None,
 ) -> None:
     """Load a checkpoint strictly and report family, architecture, key mapping and preprocessing."""
-    model = load_model(checkpoint, o.load_options(trust_checkpoint, ignore_keys, num_heads, checkpoint_key, family,
-                                                  quick_gelu))
+    model = load_model(checkpoint, load)
     info = describe(model)
     if as_json:
         typer.echo(json.dumps(info, indent=2))

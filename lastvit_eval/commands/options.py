@@ -140,3 +140,62 @@ def pooling_specs(poolings: list[str] | None, topk: int, sigma: float | None, fo
         spec = pooling_spec(text, topk, sigma, formula)
         specs.setdefault(spec.name, spec)
     return tuple(specs.values())
+
+
+# Option groups. A command declares a parameter (e.g. `load: LoadOptions`) and `@grouped(load=load_group)`
+# puts the group builder's typed options into the command's signature in its place; the command receives
+# the built spec. One definition of each group instead of the same option list in every command.
+
+def load_group(trust_checkpoint: TrustCheckpoint = False, ignore_keys: IgnoreKeys = None,
+               num_heads: NumHeads = None, checkpoint_key: CheckpointKey = None, family: Family = None,
+               quick_gelu: QuickGelu = None) -> LoadOptions:
+    return load_options(trust_checkpoint, ignore_keys, num_heads, checkpoint_key, family, quick_gelu)
+
+
+def engine_group(device: Device = "auto", dtype: Dtype = "fp32", batch_size: BatchSize = 64,
+                 workers: Workers = None, on_bad_image: OnBadImage = "skip") -> EngineSpec:
+    return engine_spec(device, dtype, batch_size, workers, on_bad_image)
+
+
+def cache_group(cache_dir: CacheDir = None, no_cache: NoCache = False) -> CacheSpec:
+    return cache_spec(cache_dir, no_cache)
+
+
+def grouped(**builders):
+    """Decorator: replace each named parameter by its builder's options (keyword-only, same place)."""
+    import functools
+    import inspect
+
+    def deco(fn):
+        params, members = [], {}
+        for p in inspect.signature(fn, eval_str=True).parameters.values():
+            if p.name in builders:
+                group = list(inspect.signature(builders[p.name], eval_str=True).parameters.values())
+                members[p.name] = [g.name for g in group]
+                params += group
+            else:
+                params.append(p)
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            for name, build in builders.items():
+                kwargs[name] = build(**{m: kwargs.pop(m) for m in members[name]})
+            return fn(**kwargs)
+
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return deco
+
+
+def engine_group_full(device: Device = "auto", dtype: Dtype = "fp32", batch_size: BatchSize = 64,
+                      workers: Workers = None, on_bad_image: OnBadImage = "skip", channels_last: ChannelsLast = False,
+                      compile: Compile = False, decode: Decode = "cpu") -> EngineSpec:
+    return engine_spec(device, dtype, batch_size, workers, on_bad_image, channels_last, compile, decode)
+
+
+def cache_group_sharded(cache_dir: CacheDir = None, no_cache: NoCache = False,
+                        shard_size: ShardSize = DEFAULT_SHARD_SIZE) -> CacheSpec:
+    return cache_spec(cache_dir, no_cache, shard_size)

@@ -9,12 +9,15 @@ import typer
 
 from ..app import app
 from ..data.filters import FilterSpec
+from ..engine.cache import CacheSpec
+from ..engine.device import EngineSpec
 from ..errors import InputError
-from ..models import load_model
+from ..models import LoadOptions, load_model
 from . import options as o
 
 
 @app.command("patch-hit")
+@o.grouped(load=o.load_group, engine=o.engine_group_full, cache=o.cache_group_sharded)
 def patch_hit(
     checkpoint: o.Checkpoint,
     imagenet_root: Annotated[Path, typer.Option("--imagenet-root", "-r", help="Root with val/<wnid>/*.JPEG or "
@@ -39,23 +42,9 @@ def patch_hit(
     topk: o.TopK = 1,
     sigma: o.Sigma = None,
     score_formula: o.ScoreFormula = "code",
-    trust_checkpoint: o.TrustCheckpoint = False,
-    ignore_keys: o.IgnoreKeys = None,
-    num_heads: o.NumHeads = None,
-    checkpoint_key: o.CheckpointKey = None,
-    family: o.Family = None,
-    quick_gelu: o.QuickGelu = None,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "fp32",
-    batch_size: o.BatchSize = 64,
-    workers: o.Workers = None,
-    on_bad_image: o.OnBadImage = "skip",
-    channels_last: o.ChannelsLast = False,
-    compile: o.Compile = False,
-    decode: o.Decode = "cpu",
-    cache_dir: o.CacheDir = None,
-    no_cache: o.NoCache = False,
-    shard_size: o.ShardSize = o.DEFAULT_SHARD_SIZE,
+    load: LoadOptions = None,
+    engine: EngineSpec = None,
+    cache: CacheSpec = None,
     output_dir: o.OutputDir = None,
     run_name: o.RunName = None,
     no_progress: o.NoProgress = False,
@@ -71,13 +60,10 @@ def patch_hit(
     if not 0 < max_box_area <= 1:
         raise InputError(f"--max-box-area {max_box_area}: must be in (0, 1]")
     spec = o.pooling_spec(pooling, topk, sigma, score_formula)
-    engine = o.engine_spec(device, dtype, batch_size, workers, on_bad_image, channels_last, compile, decode)
-    cache = o.cache_spec(cache_dir, no_cache, shard_size)
-    model = load_model(checkpoint, o.load_options(trust_checkpoint, ignore_keys, num_heads, checkpoint_key, family,
-                                                  quick_gelu))
+    model = load_model(checkpoint, load)
     filt = FilterSpec(single_object=single_object, max_box_area=None if max_box_area >= 1 else max_box_area)
     out = o.run_dir(output_dir, run_name, "patch-hit", model.name, spec.name)
-    with session(device):
+    with session(engine.device):
         res = run_patch_hit(model, imagenet_root, boxes, filt, spec, hit_rule, engine, out,  # type: ignore[arg-type]
                             progress=not no_progress, limit=limit, cache=cache, masks=masks,
                             fg_fraction=fg_fraction)
@@ -88,7 +74,7 @@ def patch_hit(
               "evaluated": info["evaluated"]}
     print_counts(f"{imagenet_root}", counts)
     print_result(res.result, f"patch-hit  {model.name}  pooling={spec.name}  rule={hit_rule}  "
-                             f"({info['images_per_second']} img/s, {res.record['provenance']['device']}, {dtype})")
+                             f"({info['images_per_second']} img/s, {res.record['provenance']['device']}, {engine.dtype})")
     c = info["cache"]
     if c.get("key"):
         console.print(f"feature cache {c['key'][:12]}: {c['reused']} shard(s) reused, {c['computed']} computed"

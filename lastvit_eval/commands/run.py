@@ -9,7 +9,10 @@ from typing import Annotated
 import typer
 
 from ..app import app
+from ..engine.cache import CacheSpec
+from ..engine.device import EngineSpec
 from ..errors import InputError
+from ..models import LoadOptions
 from . import options as o
 
 ImagenetRoot = Annotated[Path | None, typer.Option("--imagenet-root", "-r", help="ImageNet-style root: val/ "
@@ -79,8 +82,10 @@ def _numbers(option: str, text: str, kind: type) -> tuple:
     return values
 
 
-def recognition_options(ks: str, temperature: float, weight_decays: str | None, solver: str,
-                        holdout_fraction: float, probe_precision: str, lrs: str | None) -> dict:
+def recognition_options(ks: Ks = "10,20,100,200", temperature: Temperature = 0.07,
+                        weight_decays: WeightDecays = None, solver: Solver = "lbfgs",
+                        holdout_fraction: HoldoutFraction = 0.1, probe_precision: ProbePrecision = "bf16",
+                        lrs: Lrs = None) -> dict:
     """k-NN and linear-probe settings from the command line (the evaluators check the values' ranges)."""
     from ..evaluators.linear_probe import SOLVERS
     from ..evaluators.logreg_lbfgs import PRECISIONS
@@ -134,6 +139,7 @@ def run_job(evaluators: list[str], checkpoint, imagenet_root, train, test, train
 
 
 @app.command("run")
+@o.grouped(recog=recognition_options, load=o.load_group, engine=o.engine_group, cache=o.cache_group)
 def run(
     checkpoint: o.Checkpoint,
     evaluators: Annotated[str, typer.Option("--evaluators", "-e", help="Comma-separated: patch-hit, knn, "
@@ -148,25 +154,10 @@ def run(
     train_per_class: TrainPerClass = None,
     seed: Seed = 0,
     pooling: Poolings = None,
-    ks: Ks = "10,20,100,200",
-    temperature: Temperature = 0.07,
-    weight_decays: WeightDecays = None,
-    solver: Solver = "lbfgs",
-    holdout_fraction: HoldoutFraction = 0.1,
-    probe_precision: ProbePrecision = "bf16",
-    lrs: Lrs = None,
-    trust_checkpoint: o.TrustCheckpoint = False,
-    ignore_keys: o.IgnoreKeys = None,
-    num_heads: o.NumHeads = None,
-    checkpoint_key: o.CheckpointKey = None,
-    family: o.Family = None,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "fp32",
-    batch_size: o.BatchSize = 64,
-    workers: o.Workers = None,
-    on_bad_image: o.OnBadImage = "skip",
-    cache_dir: o.CacheDir = None,
-    no_cache: o.NoCache = False,
+    recog: dict = None,
+    load: LoadOptions = None,
+    engine: EngineSpec = None,
+    cache: CacheSpec = None,
     output_dir: o.OutputDir = None,
     run_name: o.RunName = None,
     no_progress: o.NoProgress = False,
@@ -175,11 +166,8 @@ def run(
     names = [e.strip() for e in evaluators.split(",") if e.strip()]
     if not names:
         raise InputError("--evaluators: give at least one evaluator")
-    recog = recognition_options(ks, temperature, weight_decays, solver, holdout_fraction, probe_precision, lrs)
-    run_job(names, checkpoint, imagenet_root, train, test, train_per_class, seed, pooling, recog,
-            o.load_options(trust_checkpoint, ignore_keys, num_heads, checkpoint_key, family),
-            o.engine_spec(device, dtype, batch_size, workers, on_bad_image), output_dir, run_name, no_progress,
-            boxes=boxes, masks=masks, cache=o.cache_spec(cache_dir, no_cache))
+    run_job(names, checkpoint, imagenet_root, train, test, train_per_class, seed, pooling, recog, load, engine,
+            output_dir, run_name, no_progress, boxes=boxes, masks=masks, cache=cache)
 
 
 def _single(name: str, doc: str):
@@ -193,30 +181,14 @@ def _single(name: str, doc: str):
         train_per_class: TrainPerClass = None,
         seed: Seed = 0,
         pooling: Poolings = None,
-        ks: Ks = "10,20,100,200",
-        temperature: Temperature = 0.07,
-        weight_decays: WeightDecays = None,
-        solver: Solver = "lbfgs",
-        holdout_fraction: HoldoutFraction = 0.1,
-        probe_precision: ProbePrecision = "bf16",
-        lrs: Lrs = None,
-        trust_checkpoint: o.TrustCheckpoint = False,
-        ignore_keys: o.IgnoreKeys = None,
-        num_heads: o.NumHeads = None,
-        checkpoint_key: o.CheckpointKey = None,
-        family: o.Family = None,
-        device: o.Device = "auto",
-        dtype: o.Dtype = "fp32",
-        batch_size: o.BatchSize = 64,
-        workers: o.Workers = None,
-        on_bad_image: o.OnBadImage = "skip",
-        cache_dir: o.CacheDir = None,
-        no_cache: o.NoCache = False,
+        recog: dict = None,
+        load: LoadOptions = None,
+        engine: EngineSpec = None,
+        cache: CacheSpec = None,
         output_dir: o.OutputDir = None,
         run_name: o.RunName = None,
         no_progress: o.NoProgress = False,
     ) -> None:
-        recog = recognition_options(ks, temperature, weight_decays, solver, holdout_fraction, probe_precision, lrs)
         if test_features is not None:
             from ..pipelines.features_eval import evaluate_feature_files
             from ..report.console import console, print_result
@@ -230,14 +202,13 @@ def _single(name: str, doc: str):
             return
         if checkpoint is None:
             raise InputError("give --checkpoint (with images) or --test-features")
-        run_job([name], checkpoint, imagenet_root, train, test, train_per_class, seed, pooling, recog,
-                o.load_options(trust_checkpoint, ignore_keys, num_heads, checkpoint_key, family),
-                o.engine_spec(device, dtype, batch_size, workers, on_bad_image), output_dir, run_name, no_progress,
-                cache=o.cache_spec(cache_dir, no_cache))
+        run_job([name], checkpoint, imagenet_root, train, test, train_per_class, seed, pooling, recog, load, engine,
+                output_dir, run_name, no_progress, cache=cache)
 
     command.__doc__ = doc
     command.__name__ = name.replace("-", "_")
-    app.command(name)(command)
+    app.command(name)(o.grouped(recog=recognition_options, load=o.load_group, engine=o.engine_group,
+                                 cache=o.cache_group)(command))
 
 
 _single("knn", "k-NN classification (DINO protocol: cosine, exp(sim/T) votes) of pooled features.")

@@ -8,11 +8,13 @@ from typing import Annotated
 import typer
 
 from ..app import app
-from ..models import load_model
+from ..engine.device import EngineSpec
+from ..models import LoadOptions, load_model
 from . import options as o
 
 
 @app.command("zero-shot")
+@o.grouped(load=o.load_group, engine=o.engine_group)
 def zero_shot(
     checkpoint: o.Checkpoint,
     imagenet_root: o.ImagenetRoot,
@@ -30,17 +32,8 @@ def zero_shot(
     topk: o.TopK = 1,
     sigma: o.Sigma = None,
     score_formula: o.ScoreFormula = "code",
-    trust_checkpoint: o.TrustCheckpoint = False,
-    ignore_keys: o.IgnoreKeys = None,
-    num_heads: o.NumHeads = None,
-    checkpoint_key: o.CheckpointKey = None,
-    family: o.Family = None,
-    quick_gelu: o.QuickGelu = None,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "fp32",
-    batch_size: o.BatchSize = 64,
-    workers: o.Workers = None,
-    on_bad_image: o.OnBadImage = "skip",
+    load: LoadOptions = None,
+    engine: EngineSpec = None,
     output_dir: o.OutputDir = None,
     run_name: o.RunName = None,
     no_progress: o.NoProgress = False,
@@ -52,14 +45,12 @@ def zero_shot(
 
     prompts = load_prompts(classnames, templates)
     spec = o.pooling_spec(pooling, topk, sigma, score_formula)
-    engine = o.engine_spec(device, dtype, batch_size, workers, on_bad_image)
-    model = load_model(checkpoint, o.load_options(trust_checkpoint, ignore_keys, num_heads, checkpoint_key, family,
-                                                  quick_gelu))
+    model = load_model(checkpoint, load)
     out = o.run_dir(output_dir, run_name, "zero-shot", model.name, spec.name)
     res = run_zero_shot(model, imagenet_root, split, prompts, classnames is None, spec, engine, out,
                         progress=not no_progress, limit=limit, use_cache=not no_cache)
     info = res.result.info
     print_result(res.result, f"zero-shot  {model.name}  pooling={spec.name}  {info['classes']} classes, "
-                             f"{info['evaluated']} images ({info['images_per_second']} img/s, {dtype}); "
+                             f"{info['evaluated']} images ({info['images_per_second']} img/s, {engine.dtype}); "
                              f"text classifier cache: {info['text_classifier']['cache']}")
     console.print(f"results written to [bold]{res.out_dir}[/]")
