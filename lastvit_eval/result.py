@@ -19,6 +19,8 @@ class Metric:
     ci_high: float | None = None
     n: int | None = None
     ci_method: str | None = None
+    unit: str | None = None  # percent | cosine | ratio | count | seconds | score (set from the evaluator's declaration)
+    direction: str | None = None  # higher | lower | none: which way is better
 
     def to_dict(self) -> dict:
         return {
@@ -27,6 +29,8 @@ class Metric:
             "ci_high": _clean(self.ci_high),
             "n": self.n,
             "ci_method": self.ci_method,
+            "unit": self.unit,
+            "direction": self.direction,
         }
 
     @classmethod
@@ -37,6 +41,8 @@ class Metric:
             ci_high=d.get("ci_high"),
             n=d.get("n"),
             ci_method=d.get("ci_method"),
+            unit=d.get("unit"),
+            direction=d.get("direction"),
         )
 
 
@@ -66,5 +72,5 @@ class Result:
     def metrics_frame(self) -> pd.DataFrame:
         records = [{"metric": k, **m.to_dict()} for k, m in self.metrics.items()]
         return pd.DataFrame.from_records(
-            records, columns=["metric", "value", "ci_low", "ci_high", "n", "ci_method"]
+            records, columns=["metric", "value", "ci_low", "ci_high", "n", "ci_method", "unit", "direction"]
         )
