@@ -79,12 +79,12 @@ def patch_fraction(mask: np.ndarray, patch: int) -> np.ndarray:
 
 
 def patch_targets(
-    boxes, w: int, h: int, resize: int, crop: int, patch: int, rule: HitRule = "any"
+    boxes, w: int, h: int, resize: int, crop: int, patch: int, rule: HitRule = "any", fg_fraction: float = 0.5
 ) -> np.ndarray:
     """Which patches count as a hit for these boxes, flattened row-major -> bool [gh * gw].
 
-    any: the patch overlaps the box (the paper's rule); majority: more than half of its pixels are
-    inside; center: the patch centre point lies inside the (continuous) box.
+    any: the patch overlaps the box (the paper's rule); majority: more than `fg_fraction` (default half)
+    of its pixels are inside; center: the patch centre point lies inside the (continuous) box.
     """
     if rule == "center":
         g = crop // patch
@@ -100,7 +100,7 @@ def patch_targets(
     if rule == "any":
         return (frac > 0).reshape(-1)
     if rule == "majority":
-        return (frac > 0.5).reshape(-1)
+        return (frac > fg_fraction).reshape(-1)
     raise ValueError(f"unknown hit rule {rule!r}")
 
 

@@ -23,11 +23,16 @@ def demo(
     """Run patch-hit, k-NN, linear probe and classification for two bundled tiny ViTs (CLS- and LAST-trained)."""
     import pandas as pd
 
+    from ..engine.device import EngineSpec
+    from ..errors import InputError
     from ..pipelines.demo import run_demo
     from ..report.console import console
     from ..report.show import print_frame
 
-    out = run_demo(output_dir, o.engine_spec(device, dtype, 64, workers, "skip"), progress=not no_progress)
+    if dtype not in ("fp32", "bf16", "fp16"):
+        raise InputError(f"--dtype {dtype!r}: use fp32, bf16 or fp16")
+    out = run_demo(output_dir, EngineSpec(device=device, dtype=dtype, batch_size=64, workers=workers),
+                   progress=not no_progress)
     long = out.table
     shown = {"patch_hit.top1": "PiB top-1", "patch_hit.fg_above_bg": "fg>bg", "knn.k20.top1": "k-NN k20",
              "linear_probe.top1": "probe top-1", "classify.top1": "head top-1"}

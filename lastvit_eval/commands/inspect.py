@@ -33,14 +33,16 @@ def describe(model: LoadedModel) -> dict:
 
 
 @app.command("inspect")
-@o.grouped(load=o.load_group)
 def inspect_cmd(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint file or hub name (torchvision:vit_b_16, timm:NAME, "
                                               "openclip:ARCH/TAG).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
-    load: LoadOptions = None,
+    trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None, num_heads: o.NumHeads = None,
+    checkpoint_key: o.CheckpointKey = None, family: o.Family = None, quick_gelu: o.QuickGelu = None,
 ) -> None:
     """Load a checkpoint strictly and report family, architecture, key mapping and preprocessing."""
+    load = LoadOptions(trust=trust_checkpoint, ignore_keys=tuple(ignore_keys or ()), num_heads=num_heads,
+                       checkpoint_key=checkpoint_key, family=family, quick_gelu=quick_gelu)
     model = load_model(checkpoint, load)
     info = describe(model)
     if as_json:

@@ -1,201 +1,137 @@
-"""Typed options shared by commands (Annotated aliases), and their conversion into specs."""
+"""Every command option, spelled once as a typed `Annotated` alias; commands list the ones they take.
+
+Each alias carries its help text and help panel. Commands are plain Typer signatures built from these
+(no signature rewriting), so reading a command shows exactly its options, and `--help` shows nothing a
+command ignores. `request_from` turns a command's parsed values into a `RunRequest`.
+"""
 
 from __future__ import annotations
 
-import re
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ..engine.cache import DEFAULT_SHARD_SIZE, CacheSpec
-from ..engine.device import EngineSpec
-from ..models import LoadOptions
-from ..pooling import PoolingSpec
-
-MODEL = "Model"
-DATA = "Data"
-ENGINE = "Engine"
-OUTPUT = "Output"
-CACHE = "Cache"
-
-Checkpoint = Annotated[
-    str,
-    typer.Option("--checkpoint", "-c", help="Checkpoint file (.pth/.pt/.safetensors) or hub name "
-                 "(torchvision:vit_b_16, timm:NAME, openclip:ARCH/TAG).", rich_help_panel=MODEL),
-]
-TrustCheckpoint = Annotated[
-    bool, typer.Option("--trust-checkpoint", help="Allow pickled Python objects / TorchScript (runs code on load).",
-                       rich_help_panel=MODEL)
-]
-IgnoreKeys = Annotated[
-    list[str] | None,
-    typer.Option("--ignore-keys", help="Drop checkpoint keys with this prefix before the strict load (repeatable), "
-                 "e.g. heads.head.", rich_help_panel=MODEL),
-]
-NumHeads = Annotated[int | None, typer.Option("--num-heads", help="Attention heads, if not the standard ViT table.",
-                                               rich_help_panel=MODEL)]
-CheckpointKey = Annotated[str | None, typer.Option("--checkpoint-key", help="Sub-model to load: teacher (DINO default) "
-                                                   "or student.", rich_help_panel=MODEL)]
-Family = Annotated[str | None, typer.Option("--family", help="Force a family: torchvision, dino, openclip.",
-                                            rich_help_panel=MODEL)]
-QuickGelu = Annotated[bool | None, typer.Option("--quick-gelu/--no-quick-gelu", help="CLIP: QuickGELU activations "
-                                                "(OpenAI weights); default: detect.", rich_help_panel=MODEL)]
-
-Pooling = Annotated[str, typer.Option("--pooling", "-p", help="cls | gap | last", rich_help_panel=MODEL)]
-TopK = Annotated[int, typer.Option("--topk", help="LAST: patches kept per channel.", rich_help_panel=MODEL)]
-Sigma = Annotated[float | None, typer.Option("--sigma", help="LAST: Gaussian width (default sqrt(D)).",
-                                             rich_help_panel=MODEL)]
-ScoreFormula = Annotated[str, typer.Option("--score-formula", help="LAST score: code (x/|xf-x|, trained the "
-                                           "released weights) or paper (xf/(|xf-x|+eps)).", rich_help_panel=MODEL)]
-
-Device = Annotated[str, typer.Option("--device", help="auto (cuda, then cpu), cpu, cuda, cuda:N.",
-                                     rich_help_panel=ENGINE)]
-Dtype = Annotated[str, typer.Option("--dtype", help="fp32 | bf16 | fp16 (autocast for the backbone).",
-                                    rich_help_panel=ENGINE)]
-BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per forward pass.",
-                                        rich_help_panel=ENGINE)]
-Workers = Annotated[int | None, typer.Option("--workers", "-j", min=0, help="Decoding processes (default min(4, CPUs)).",
-                                             rich_help_panel=ENGINE)]
-ChannelsLast = Annotated[bool, typer.Option("--channels-last", help="channels_last memory format for the "
-                                            "patch embedding.", rich_help_panel=ENGINE)]
-Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (falls back to eager with a "
-                                       "warning if compiling fails).", rich_help_panel=ENGINE)]
-Decode = Annotated[str, typer.Option("--decode", help="cpu (PIL in workers) or gpu (nvJPEG + resize on the GPU; "
-                                     "a parity check against cpu is reported).", rich_help_panel=ENGINE)]
-CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Feature cache folder (default "
-                                               "$LASTVIT_EVAL_CACHE, else $XDG_CACHE_HOME/lastvit-eval, else "
-                                               "~/.cache/lastvit-eval).", rich_help_panel=CACHE)]
-NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the feature cache.",
-                                       rich_help_panel=CACHE)]
-ShardSize = Annotated[int, typer.Option("--shard-size", min=1, help="Images per cache shard (the unit of resume "
-                                        "and of distributed work).", rich_help_panel=CACHE)]
-OnBadImage = Annotated[str, typer.Option("--on-bad-image", help="skip (listed in the result) or fail.",
-                                         rich_help_panel=ENGINE)]
-
-OutputDir = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Where to write results "
-                                                "(default results/<run> in the working directory).",
-                                                rich_help_panel=OUTPUT)]
-RunName = Annotated[str | None, typer.Option("--run-name", help="Run folder name (default: derived from the "
-                                             "checkpoint, pooling and time).", rich_help_panel=OUTPUT)]
-NoProgress = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.", rich_help_panel=OUTPUT)]
+MODEL, DATA, ENGINE, CACHE, OUTPUT = "Model", "Data", "Engine", "Feature store", "Output"
+POOL, PIB, KNN, PROBE = "Pooling", "Point-in-box", "k-NN", "Linear probe"
 
 
-def load_options(trust: bool, ignore_keys: list[str] | None, num_heads: int | None,
-                 checkpoint_key: str | None = None, family: str | None = None,
-                 quick_gelu: bool | None = None) -> LoadOptions:
-    return LoadOptions(trust=trust, ignore_keys=tuple(ignore_keys or ()), num_heads=num_heads,
-                       checkpoint_key=checkpoint_key, family=family, quick_gelu=quick_gelu)
+def _opt(*names: str, help: str, panel: str, **kw):
+    return typer.Option(*names, help=help, rich_help_panel=panel, **kw)
 
 
-def pooling_spec(pooling: str, topk: int, sigma: float | None, formula: str) -> PoolingSpec:
-    if ":" in pooling:
-        return PoolingSpec.parse(pooling)
-    return PoolingSpec(kind=pooling, topk=topk, sigma=sigma, formula=formula)  # type: ignore[arg-type]
+# --- model -------------------------------------------------------------------------------------------
+Checkpoint = Annotated[str | None, _opt("--checkpoint", "-c", help="Checkpoint file (.pth/.pt/.safetensors) or hub "
+                                        "name (torchvision:vit_b_16, timm:NAME, openclip:ARCH/TAG).", panel=MODEL)]
+TrustCheckpoint = Annotated[bool, _opt("--trust-checkpoint", help="Allow pickled Python objects / TorchScript "
+                                       "(runs code on load).", panel=MODEL)]
+IgnoreKeys = Annotated[list[str] | None, _opt("--ignore-keys", help="Drop checkpoint keys with this prefix before "
+                                              "the strict load (repeatable), e.g. heads.head.", panel=MODEL)]
+NumHeads = Annotated[int | None, _opt("--num-heads", help="Attention heads, when the checkpoint does not say.",
+                                      panel=MODEL)]
+CheckpointKey = Annotated[str | None, _opt("--checkpoint-key", help="Sub-model to load: teacher (DINO default) or "
+                                           "student.", panel=MODEL)]
+Family = Annotated[str | None, _opt("--family", help="Force a family: torchvision, dino, openclip.", panel=MODEL)]
+QuickGelu = Annotated[bool | None, _opt("--quick-gelu/--no-quick-gelu", help="CLIP: QuickGELU activations (OpenAI "
+                                        "weights); default: detect.", panel=MODEL)]
 
+# --- pooling -----------------------------------------------------------------------------------------
+Pooling = Annotated[list[str] | None, _opt("--pooling", "-p", help="cls | gap | last | last:k=5,sigma=20,"
+                                           "formula=paper (repeatable). Default: cls for hub baselines, last "
+                                           "otherwise.", panel=POOL)]
+TopK = Annotated[int | None, _opt("--topk", help="Shorthand: k for every `last` pooling that does not set it.",
+                                  panel=POOL)]
+Sigma = Annotated[float | None, _opt("--sigma", help="Shorthand: LAST Gaussian width (default sqrt(D)).",
+                                     panel=POOL)]
+ScoreFormula = Annotated[str | None, _opt("--score-formula", help="Shorthand: LAST score, code (x/|xf-x|, trained "
+                                          "the released weights) or paper (xf/(|xf-x|+eps)).", panel=POOL)]
 
-def engine_spec(device: str, dtype: str, batch_size: int, workers: int | None, on_bad_image: str,
-                channels_last: bool = False, compile: bool = False, decode: str = "cpu") -> EngineSpec:
-    from ..errors import InputError
+# --- data --------------------------------------------------------------------------------------------
+Root = Annotated[Path | None, _opt("--imagenet-root", "-r", help="ImageNet-style root: <split>/<wnid>/*.JPEG or "
+                                   "<split>/*.JPEG (+ meta/val.txt), train/, boxes.", panel=DATA)]
+Split = Annotated[str, _opt("--split", help="Test images: the folder under the root (val or train).", panel=DATA)]
+Train = Annotated[Path | None, _opt("--train", help="Training images: ImageFolder root or CSV (path,label).",
+                                    panel=DATA)]
+Test = Annotated[Path | None, _opt("--test", help="Test images: ImageFolder root or CSV (path,label).", panel=DATA)]
+TrainFeatures = Annotated[Path | None, _opt("--train-features", help="Training features written by `extract` "
+                                            "(.npz/.safetensors) instead of a model and images.", panel=DATA)]
+TestFeatures = Annotated[Path | None, _opt("--test-features", help="Test features written by `extract`.",
+                                           panel=DATA)]
+TrainPerClass = Annotated[int | None, _opt("--train-per-class", help="Few-shot: at most N training images per "
+                                           "class (seeded).", panel=DATA)]
+Limit = Annotated[int | None, _opt("--limit", help="Each evaluator scores at most the first N of its images.",
+                                   panel=DATA)]
+Seed = Annotated[int, _opt("--seed", help="Seed for subsets, hold-outs and bootstraps.", panel=DATA)]
+ClassMap = Annotated[Path | None, _opt("--class-map", help="'<class> <head index>' per line: how dataset classes "
+                                       "map onto the head (default: ImageNet wnid order, meta/classes.tsv, or "
+                                       "integer labels).", panel=DATA)]
+Boxes = Annotated[Path | None, _opt("--boxes", help="VOC XML folder, LOC_val_solution.csv or COCO json (default: "
+                                    "found under the root).", panel=DATA)]
+Masks = Annotated[Path | None, _opt("--masks", help="Segmentation masks instead of boxes: COCO json or a folder "
+                                    "of <image_id>.npy.", panel=DATA)]
+OnBadAnnotation = Annotated[str, _opt("--on-bad-annotation", help="fail (default) or skip (drop the image, listed "
+                                      "with its reason) on an annotation that disagrees with its image.",
+                                      panel=DATA)]
+Classnames = Annotated[Path | None, _opt("--classnames", help="Zero-shot class names, one per line in label order "
+                                         "(default: open_clip's ImageNet-1k names).", panel=DATA)]
+Templates = Annotated[Path | None, _opt("--templates", help="Zero-shot prompt templates, one per line with {c} "
+                                        "(default: the 80 OpenAI ImageNet templates).", panel=DATA)]
 
-    if decode not in ("cpu", "gpu"):
-        raise InputError(f"--decode {decode!r}: use cpu or gpu")
-    if on_bad_image not in ("skip", "fail"):
-        raise InputError(f"--on-bad-image {on_bad_image!r}: use skip or fail")
-    if dtype not in ("fp32", "bf16", "fp16"):
-        raise InputError(f"--dtype {dtype!r}: use fp32, bf16 or fp16")
-    return EngineSpec(device=device, dtype=dtype, batch_size=batch_size, workers=workers, on_bad_image=on_bad_image,
-                      channels_last=channels_last, compile=compile, decode=decode)
+# --- engine ------------------------------------------------------------------------------------------
+Device = Annotated[str, _opt("--device", help="auto (cuda, then cpu), cpu, cuda, cuda:N.", panel=ENGINE)]
+Dtype = Annotated[str, _opt("--dtype", help="fp32 | bf16 | fp16 (autocast for the backbone).", panel=ENGINE)]
+BatchSize = Annotated[int, _opt("--batch-size", "-b", min=1, help="Images per forward pass.", panel=ENGINE)]
+Workers = Annotated[int | None, _opt("--workers", "-j", min=0, help="Decoding processes (default min(4, CPUs)).",
+                                     panel=ENGINE)]
+OnBadImage = Annotated[str, _opt("--on-bad-image", help="skip (listed in the result) or fail.", panel=ENGINE)]
+ChannelsLast = Annotated[bool, _opt("--channels-last", help="channels_last memory format for the patch "
+                                    "embedding.", panel=ENGINE)]
+Compile = Annotated[bool, _opt("--compile", help="torch.compile the backbone (eager fallback with a warning).",
+                               panel=ENGINE)]
+Decode = Annotated[str, _opt("--decode", help="cpu (PIL in workers) or gpu (nvJPEG + resize on the GPU, parity "
+                             "reported).", panel=ENGINE)]
+BarrierTimeout = Annotated[float, _opt("--barrier-timeout", help="torchrun: seconds a rank waits for the others "
+                                       "before failing.", panel=ENGINE)]
 
+# --- feature store -----------------------------------------------------------------------------------
+CacheDir = Annotated[Path | None, _opt("--cache-dir", help="Feature store folder (default $LASTVIT_EVAL_CACHE, "
+                                       "else $XDG_CACHE_HOME/lastvit-eval, else ~/.cache/lastvit-eval).",
+                                       panel=CACHE)]
+NoCache = Annotated[bool, _opt("--no-cache", help="Neither read nor write the feature store.", panel=CACHE)]
+ShardSize = Annotated[int, _opt("--shard-size", min=1, help="Images per store shard (the unit of resume and of "
+                                "distributed work).", panel=CACHE)]
 
-def cache_spec(cache_dir: Path | None, no_cache: bool, shard_size: int = DEFAULT_SHARD_SIZE) -> CacheSpec:
-    return CacheSpec(dir=cache_dir, enabled=not no_cache, shard_size=shard_size)
+# --- output ------------------------------------------------------------------------------------------
+OutputDir = Annotated[Path | None, _opt("--output-dir", "-o", help="Run folder (default results/<run>); one "
+                                        "sub-folder per pooling.", panel=OUTPUT)]
+RunName = Annotated[str | None, _opt("--run-name", help="Run folder name under results/ (default: evaluators, "
+                                     "checkpoint, time).", panel=OUTPUT)]
+Overwrite = Annotated[bool, _opt("--overwrite", help="Replace the results of an earlier run in the output folder.",
+                                 panel=OUTPUT)]
+DryRun = Annotated[bool, _opt("--dry-run", help="Print the plan (images per split, already stored, forward "
+                              "passes needed) and exit.", panel=OUTPUT)]
+Json = Annotated[bool, _opt("--json", help="Print a machine-readable summary (or plan) on stdout.", panel=OUTPUT)]
+NoProgress = Annotated[bool, _opt("--no-progress", help="Hide progress bars.", panel=OUTPUT)]
 
-
-def run_dir(output_dir: Path | None, run_name: str | None, *parts: str) -> Path:
-    if output_dir is not None:
-        return output_dir
-    if run_name is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_name = "-".join([*(re.sub(r"[^A-Za-z0-9_.-]+", "_", p) for p in parts if p), stamp])
-    return Path("results") / run_name
-
-
-Poolings = Annotated[list[str] | None, typer.Option("--pooling", "-p", help="cls | gap | last | last:k=5,sigma=20 "
-                                                    "(repeatable).", rich_help_panel=MODEL)]
-ImagenetRoot = Annotated[Path, typer.Option("--imagenet-root", "-r", help="Root with <split>/<wnid>/*.JPEG or "
-                                            "<split>/*.JPEG (+ meta/val.txt).", rich_help_panel=DATA)]
-Split = Annotated[str, typer.Option("--split", help="Image folder under the root: val or train.",
-                                    rich_help_panel=DATA)]
-Limit = Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N images (sorted paths).",
-                                           rich_help_panel=DATA)]
-
-
-def pooling_specs(poolings: list[str] | None, topk: int, sigma: float | None, formula: str,
-                  default: tuple[str, ...] = ("cls", "gap", "last")) -> tuple[PoolingSpec, ...]:
-    """Repeatable --pooling into specs, duplicates (by name) removed, order kept."""
-    specs: dict[str, PoolingSpec] = {}
-    for text in poolings or default:
-        spec = pooling_spec(text, topk, sigma, formula)
-        specs.setdefault(spec.name, spec)
-    return tuple(specs.values())
-
-
-# Option groups. A command declares a parameter (e.g. `load: LoadOptions`) and `@grouped(load=load_group)`
-# puts the group builder's typed options into the command's signature in its place; the command receives
-# the built spec. One definition of each group instead of the same option list in every command.
-
-def load_group(trust_checkpoint: TrustCheckpoint = False, ignore_keys: IgnoreKeys = None,
-               num_heads: NumHeads = None, checkpoint_key: CheckpointKey = None, family: Family = None,
-               quick_gelu: QuickGelu = None) -> LoadOptions:
-    return load_options(trust_checkpoint, ignore_keys, num_heads, checkpoint_key, family, quick_gelu)
-
-
-def engine_group(device: Device = "auto", dtype: Dtype = "fp32", batch_size: BatchSize = 64,
-                 workers: Workers = None, on_bad_image: OnBadImage = "skip") -> EngineSpec:
-    return engine_spec(device, dtype, batch_size, workers, on_bad_image)
-
-
-def cache_group(cache_dir: CacheDir = None, no_cache: NoCache = False) -> CacheSpec:
-    return cache_spec(cache_dir, no_cache)
-
-
-def grouped(**builders):
-    """Decorator: replace each named parameter by its builder's options (keyword-only, same place)."""
-    import functools
-    import inspect
-
-    def deco(fn):
-        params, members = [], {}
-        for p in inspect.signature(fn, eval_str=True).parameters.values():
-            if p.name in builders:
-                group = list(inspect.signature(builders[p.name], eval_str=True).parameters.values())
-                members[p.name] = [g.name for g in group]
-                params += group
-            else:
-                params.append(p)
-        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
-
-        @functools.wraps(fn)
-        def command(**kwargs):
-            for name, build in builders.items():
-                kwargs[name] = build(**{m: kwargs.pop(m) for m in members[name]})
-            return fn(**kwargs)
-
-        command.__signature__ = inspect.Signature(params)
-        command.__annotations__ = {p.name: p.annotation for p in params}
-        return command
-
-    return deco
-
-
-def engine_group_full(device: Device = "auto", dtype: Dtype = "fp32", batch_size: BatchSize = 64,
-                      workers: Workers = None, on_bad_image: OnBadImage = "skip", channels_last: ChannelsLast = False,
-                      compile: Compile = False, decode: Decode = "cpu") -> EngineSpec:
-    return engine_spec(device, dtype, batch_size, workers, on_bad_image, channels_last, compile, decode)
-
-
-def cache_group_sharded(cache_dir: CacheDir = None, no_cache: NoCache = False,
-                        shard_size: ShardSize = DEFAULT_SHARD_SIZE) -> CacheSpec:
-    return cache_spec(cache_dir, no_cache, shard_size)
+# --- evaluator settings ------------------------------------------------------------------------------
+HitRule = Annotated[str | None, _opt("--hit-rule", help="any (top patch overlaps the object; the paper, default "
+                                     "with boxes), center, majority (default with masks).", panel=PIB)]
+FgFraction = Annotated[float, _opt("--fg-fraction", help="majority rule: a patch is foreground when more than this "
+                                   "fraction of it is inside.", panel=PIB)]
+SingleObject = Annotated[bool, _opt("--single-object/--any-objects", help="Keep only images with exactly one box "
+                                    "(the paper's filter).", panel=PIB)]
+MaxBoxArea = Annotated[float, _opt("--max-box-area", help="Keep boxes smaller than this fraction of the image (the "
+                                   "paper: 0.25); 1 disables.", panel=PIB)]
+Ks = Annotated[str, _opt("--ks", help="Comma-separated k values (each at most the training set size).", panel=KNN)]
+Temperature = Annotated[float, _opt("--temperature", help="Vote temperature T: weights exp(sim / T).", panel=KNN)]
+WeightDecays = Annotated[str | None, _opt("--weight-decays", help="Comma-separated weight decays chosen on the "
+                                          "hold-out (default 3e-3,1e-3,3e-4,1e-4,3e-5,1e-5,0).", panel=PROBE)]
+Solver = Annotated[str, _opt("--solver", help="lbfgs (full batch, weight-decay path) or adam.", panel=PROBE)]
+HoldoutFraction = Annotated[float, _opt("--holdout-fraction", help="Share of each training class held out for the "
+                                        "selection.", panel=PROBE)]
+ProbePrecision = Annotated[str, _opt("--probe-precision", help="lbfgs matmuls: bf16 (fp32 accumulation) or fp32.",
+                                     panel=PROBE)]
+Lrs = Annotated[str | None, _opt("--lrs", help="adam: comma-separated learning rates (default 2e-3).",
+                                 panel=PROBE)]
+Evaluators = Annotated[str, _opt("--evaluators", "-e", help="Comma-separated evaluator names (see `lastvit-eval "
+                                 "evaluators`).", panel=OUTPUT)]

@@ -1,217 +1,295 @@
-"""`lastvit-eval run` (several evaluators, one forward pass) and the single-evaluator shortcuts
-`knn`, `linear-probe`, `classify`."""
+"""`lastvit-eval run -e a,b` and its thin aliases: `patch-hit`, `knn`, `linear-probe`, `classify`, `zero-shot`.
+
+Every alias is `run -e NAME` with the options that evaluator uses; all go through `run_command`:
+parse -> RunRequest -> build_plan (every check, no forward) -> --dry-run or execute -> console summary.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
-
-import typer
+import dataclasses
+import json
+import sys
 
 from ..app import app
-from ..engine.cache import CacheSpec
-from ..engine.device import EngineSpec
 from ..errors import InputError
-from ..models import LoadOptions
 from . import options as o
 
-ImagenetRoot = Annotated[Path | None, typer.Option("--imagenet-root", "-r", help="ImageNet-style root: val/ "
-                         "(test), train/ (k-NN / probe), boxes for patch-hit.", rich_help_panel=o.DATA)]
-Train = Annotated[Path | None, typer.Option("--train", help="Training images: ImageFolder root or CSV (path,label).",
-                                            rich_help_panel=o.DATA)]
-Test = Annotated[Path | None, typer.Option("--test", help="Test images: ImageFolder root or CSV (path,label).",
-                                           rich_help_panel=o.DATA)]
-TrainPerClass = Annotated[int | None, typer.Option("--train-per-class", min=1, help="Few-shot: at most N training "
-                                                   "images per class (seeded).", rich_help_panel=o.DATA)]
-Seed = Annotated[int, typer.Option("--seed", help="Seed for subsets, hold-outs and bootstraps.",
-                                   rich_help_panel=o.DATA)]
-Poolings = Annotated[list[str] | None, typer.Option("--pooling", "-p", help="cls | gap | last | last:k=5,... "
-                                                    "(repeatable; default last).", rich_help_panel=o.MODEL)]
-OptionalCheckpoint = Annotated[str | None, typer.Option("--checkpoint", "-c", help="Checkpoint file or hub name "
-                              "(not needed with --test-features).", rich_help_panel=o.MODEL)]
-TrainFeatures = Annotated[Path | None, typer.Option("--train-features", help="Training features written by "
-                          "`extract` (.npz / .safetensors) instead of a model and images.", rich_help_panel=o.DATA)]
-TestFeatures = Annotated[Path | None, typer.Option("--test-features", help="Test features written by `extract`.",
-                                                   rich_help_panel=o.DATA)]
-KNN, PROBE = "k-NN", "Linear probe"
-Ks = Annotated[str, typer.Option("--ks", help="Comma-separated k values.", rich_help_panel=KNN)]
-Temperature = Annotated[float, typer.Option("--temperature", help="Vote temperature T: weights exp(sim / T).",
-                                            rich_help_panel=KNN)]
-WeightDecays = Annotated[str | None, typer.Option(
-    "--weight-decays", help="Comma-separated weight decays to choose from on the hold-out (0 = unpenalized; "
-    "default 3e-3,1e-3,3e-4,1e-4,3e-5,1e-5,0). One value: no selection.", rich_help_panel=PROBE)]
-Solver = Annotated[str, typer.Option("--solver", help="lbfgs (full-batch, weight-decay path) or adam "
-                                     "(minibatch, lr x weight-decay grid trained jointly).", rich_help_panel=PROBE)]
-HoldoutFraction = Annotated[float, typer.Option("--holdout-fraction", help="Share of each training class held out "
-                                                "for the selection.", rich_help_panel=PROBE)]
-ProbePrecision = Annotated[str, typer.Option("--probe-precision", help="lbfgs matmuls: bf16 (fp32 accumulation; "
-                                             "fastest on CPUs with bf16) or fp32.", rich_help_panel=PROBE)]
-Lrs = Annotated[str | None, typer.Option("--lrs", help="adam: comma-separated learning rates (default 2e-3).",
-                                         rich_help_panel=PROBE)]
-
-
-def _datasets(imagenet_root, train, test, train_per_class, seed, need_train):
-    from ..data.recognition import few_shot, from_imagenet, load_labeled
-
-    if test is not None:
-        val = load_labeled(test)
-    elif imagenet_root is not None:
-        val = from_imagenet(imagenet_root, "val")
-    else:
-        raise InputError("give --imagenet-root or --test")
-    tr = None
-    if need_train:
-        if train is not None:
-            tr = load_labeled(train)
-        elif imagenet_root is not None and (Path(imagenet_root) / "train").is_dir():
-            tr = from_imagenet(imagenet_root, "train")
-        else:
-            raise InputError("k-NN / linear probe need a training set: --train, or train/ under --imagenet-root")
-        if train_per_class:
-            tr = few_shot(tr, train_per_class, seed)
-    return val, tr
+CLI_NAMES = {"precision": "probe_precision"}  # an Options field -> the command-line parameter carrying it
 
 
 def _numbers(option: str, text: str, kind: type) -> tuple:
     try:
-        values = tuple(kind(v) for v in text.split(",") if v.strip())
+        values = tuple(kind(v) for v in str(text).split(",") if v.strip())
     except ValueError:
-        raise InputError(f"{option} {text!r}: expected comma-separated {kind.__name__}s") from None
+        raise InputError(f"--{option.replace('_', '-')} {text!r}: expected comma-separated {kind.__name__}s") from None
     if not values:
-        raise InputError(f"{option}: give at least one value")
+        raise InputError(f"--{option.replace('_', '-')}: give at least one value")
     return values
 
 
-def recognition_options(ks: Ks = "10,20,100,200", temperature: Temperature = 0.07,
-                        weight_decays: WeightDecays = None, solver: Solver = "lbfgs",
-                        holdout_fraction: HoldoutFraction = 0.1, probe_precision: ProbePrecision = "bf16",
-                        lrs: Lrs = None) -> dict:
-    """k-NN and linear-probe settings from the command line (the evaluators check the values' ranges)."""
-    from ..evaluators.linear_probe import SOLVERS
-    from ..evaluators.logreg_lbfgs import PRECISIONS
-
-    if solver not in SOLVERS or probe_precision not in PRECISIONS:
-        raise InputError(f"--solver must be one of {', '.join(SOLVERS)} and --probe-precision one of "
-                         f"{', '.join(PRECISIONS)}; got {solver!r}, {probe_precision!r}")
-    probe = {"solver": solver, "holdout_fraction": holdout_fraction}
-    if weight_decays is not None:
-        probe["weight_decays"] = _numbers("--weight-decays", weight_decays, float)
-    if solver == "lbfgs":
-        probe["precision"] = probe_precision
-    if lrs is not None:
-        probe["lrs"] = _numbers("--lrs", lrs, float)
-    return {"ks": _numbers("--ks", ks, int), "temperature": temperature, "probe": probe}
+def evaluator_options(cls, kw: dict):
+    """An evaluator's Options from the command's values: a field is set when the command has a parameter
+    of that name (comma-separated text for tuple fields); fields the command lacks keep their default."""
+    if not dataclasses.is_dataclass(cls.Options):
+        return cls.Options()
+    values = {}
+    for f in dataclasses.fields(cls.Options):
+        cli = CLI_NAMES.get(f.name, f.name)
+        if cli not in kw or kw[cli] is None:
+            continue
+        v = kw[cli]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if isinstance(v, str) and (isinstance(default, tuple) or "tuple" in str(f.type)):
+            kind = type(default[0]) if isinstance(default, tuple) and default else float
+            v = _numbers(cli, v, kind)
+        values[f.name] = v
+    return cls.Options(**values)
 
 
-def run_job(evaluators: list[str], checkpoint, imagenet_root, train, test, train_per_class, seed, poolings, recog,
-            load_opts, engine, output_dir, run_name, no_progress, boxes=None, masks=None, cache=None):
-    from ..data.filters import FilterSpec
-    from ..models import load_model
-    from ..pipelines.run import PibOptions, RunConfig, run_evaluators
+def poolings_from(texts: list[str] | None, topk: int | None, sigma: float | None, formula: str | None) -> tuple:
+    """Repeatable -p values; --topk/--sigma/--score-formula fill what a `last` pooling does not set itself."""
     from ..pooling import PoolingSpec
+
+    shorthand = {"k": topk, "sigma": sigma, "formula": formula}
+    if not texts:
+        if any(v is not None for v in shorthand.values()):
+            texts = ["last"]
+        else:
+            return ()
+    specs: dict[str, PoolingSpec] = {}
+    for text in texts:
+        kind, _, rest = text.strip().partition(":")
+        if kind == "last":
+            given = {part.partition("=")[0].strip() for part in rest.split(",") if part.strip()}
+            given = {"k" if g == "topk" else g for g in given}
+            extra = [f"{k}={v}" for k, v in shorthand.items() if v is not None and k not in given]
+            text = "last:" + ",".join(p for p in [rest, *extra] if p)
+        spec = PoolingSpec.parse(text)
+        specs.setdefault(spec.name, spec)
+    return tuple(specs.values())
+
+
+def run_command(evaluators: list[str], kw: dict) -> None:
+    """Build the request from a command's parameters, plan, check, then run or print the plan."""
+    from ..data.filters import FilterSpec  # noqa: F401  (imported for its side effect of loading data/)
+    from ..engine.device import EngineSpec
+    from ..engine.distributed import session
+    from ..engine.store import StoreSpec
+    from ..evaluators import get
+    from ..models import LoadOptions
+    from ..plan import RunRequest, build_plan, describe
+
+    get_ = kw.get
+    for name, allowed in (("on_bad_image", ("skip", "fail")), ("on_bad_annotation", ("skip", "fail")),
+                          ("dtype", ("fp32", "bf16", "fp16")), ("decode", ("cpu", "gpu"))):
+        if get_(name) is not None and get_(name) not in allowed:
+            raise InputError(f"--{name.replace('_', '-')} {get_(name)!r}: use {' or '.join(allowed)}")
+    classes = [get(e) for e in evaluators]
+    options = {c.name: evaluator_options(c, kw) for c in classes}
+    engine = EngineSpec(device=get_("device") or "auto", dtype=get_("dtype") or "fp32",
+                        batch_size=get_("batch_size") or 64, workers=get_("workers"),
+                        on_bad_image=get_("on_bad_image") or "skip", channels_last=bool(get_("channels_last")),
+                        compile=bool(get_("compile")), decode=get_("decode") or "cpu")
+    store = StoreSpec(dir=get_("cache_dir"), enabled=not get_("no_cache"), shard_size=get_("shard_size") or 1024)
+    load = LoadOptions(trust=bool(get_("trust_checkpoint")), ignore_keys=tuple(get_("ignore_keys") or ()),
+                       num_heads=get_("num_heads"), checkpoint_key=get_("checkpoint_key"), family=get_("family"),
+                       quick_gelu=get_("quick_gelu"))
+    req = RunRequest(
+        evaluators=tuple(c.name for c in classes), options=options, checkpoint=get_("checkpoint"), load=load,
+        poolings=poolings_from(get_("pooling"), get_("topk"), get_("sigma"), get_("score_formula")),
+        root=get_("imagenet_root"), split=get_("split") or "val", train=get_("train"), test=get_("test"),
+        boxes=get_("boxes"), masks=get_("masks"), train_per_class=get_("train_per_class"), limit=get_("limit"),
+        seed=get_("seed") or 0, train_features=get_("train_features"), test_features=get_("test_features"),
+        class_map=get_("class_map"), classnames=get_("classnames"), templates=get_("templates"),
+        on_bad_annotation=get_("on_bad_annotation") or "fail", engine=engine, store=store,
+        output_dir=get_("output_dir"), run_name=get_("run_name"), overwrite=bool(get_("overwrite")),
+        progress=not get_("no_progress"))
+    with session(engine.device, get_("barrier_timeout") or 1800.0):
+        plan = build_plan(req)
+        if get_("dry_run"):
+            _print_plan(describe(plan), bool(get_("json")))
+            return
+        from ..pipeline import execute
+
+        out = execute(plan)
+    if out is not None:
+        _summarize(out, bool(get_("json")))
+
+
+def _print_plan(d: dict, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(d, indent=2) + "\n")
+        return
+    from ..report.console import console
+
+    console.print(f"[bold]plan[/]: {', '.join(d['evaluators'])} on {d['model']}, poolings "
+                  f"{', '.join(d['poolings'])}{' (default)' if d['pooling_default'] else ''}")
+    for role, s in d["splits"].items():
+        console.print(f"  {role}: {s['images']} images from {s['source']}; {s.get('stored', 0)} already in the "
+                      f"feature store, {s.get('to_forward', 0)} to forward (taps: {', '.join(s['taps'])})")
+    console.print(f"  forward passes needed: {d['forward_passes']}; output: {d['output']}")
+
+
+def _summarize(out, as_json: bool) -> None:
     from ..report.console import console, print_result
 
-    specs = [PoolingSpec.parse(p) for p in (poolings or ["last"])]
-    model = load_model(checkpoint, load_opts)
-    val, tr = _datasets(imagenet_root, train, test, train_per_class, seed,
-                        any(e in ("knn", "linear-probe") for e in evaluators))
-    pib = None
-    if "patch-hit" in evaluators:
-        if imagenet_root is None:
-            raise InputError("patch-hit needs --imagenet-root (images with boxes)")
-        pib = PibOptions(root=imagenet_root, boxes=boxes, filt=FilterSpec(), masks=masks,
-                         rule="majority" if masks else "any")
-    name = Path(imagenet_root or test).name  # type: ignore[arg-type]
-    cfg = RunConfig(evaluators=evaluators, poolings=specs, val=val, train=tr, pib=pib, seed=seed,
-                    dataset_name=name, **recog)
-    out = o.run_dir(output_dir, run_name, "-".join(evaluators), model.name)
-    from ..engine.distributed import session
-
-    with session(engine.device):
-        results = run_evaluators(model, cfg, engine, out, cache=cache, progress=not no_progress)
-    if not results:  # a torch.distributed rank other than 0: its shards are in the cache, rank 0 reports
-        return results
-    for pooling, (res, _) in results.items():
-        for r in res:
-            print_result(r, f"{r.evaluator}  {model.name}  pooling={pooling}")
-    console.print(f"results written to [bold]{out}[/]")
-    return results
+    plan = out.plan
+    if plan.pooling_default and plan.model is not None:
+        console.print(f"[yellow]pooling {plan.poolings[0].name} is a default[/]: the checkpoint does not say how it "
+                      "was trained (-p cls for a CLS-trained baseline, -p last for LAST)")
+    for pooling, results in out.results.items():
+        for r in results:
+            print_result(r, f"{r.evaluator}  {plan.model_name()}  pooling={pooling}")
+    for role, e in out.extraction.items():
+        s = e.get("store") or {}
+        if s.get("space"):
+            console.print(f"{role}: {s['images_reused']} images read from the feature store, {s['images_computed']} "
+                          f"forwarded" + (f", {len(s['corrupt'])} damaged shard(s) recomputed" if s["corrupt"] else ""))
+    console.print(f"results written to [bold]{out.out_dir}[/]")
+    if as_json:
+        summary = {"output": str(out.out_dir), "runs": {p: {"dir": str(out.out_dir / p), "metrics": rec["metrics"]}
+                                                        for p, rec in out.records.items()}}
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
 
 
 @app.command("run")
-@o.grouped(recog=recognition_options, load=o.load_group, engine=o.engine_group, cache=o.cache_group)
 def run(
-    checkpoint: o.Checkpoint,
-    evaluators: Annotated[str, typer.Option("--evaluators", "-e", help="Comma-separated: patch-hit, knn, "
-                                            "linear-probe, classify.")] = "patch-hit,knn",
-    imagenet_root: ImagenetRoot = None,
-    train: Train = None,
-    test: Test = None,
-    boxes: Annotated[Path | None, typer.Option("--boxes", help="patch-hit boxes (default: found under the root).",
-                                               rich_help_panel=o.DATA)] = None,
-    masks: Annotated[Path | None, typer.Option("--masks", help="patch-hit masks instead of boxes.",
-                                               rich_help_panel=o.DATA)] = None,
-    train_per_class: TrainPerClass = None,
-    seed: Seed = 0,
-    pooling: Poolings = None,
-    recog: dict = None,
-    load: LoadOptions = None,
-    engine: EngineSpec = None,
-    cache: CacheSpec = None,
-    output_dir: o.OutputDir = None,
-    run_name: o.RunName = None,
-    no_progress: o.NoProgress = False,
+    evaluators: o.Evaluators = "patch-hit,knn",
+    checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
+    num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
+    quick_gelu: o.QuickGelu = None,
+    pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
+    imagenet_root: o.Root = None, split: o.Split = "val", train: o.Train = None, test: o.Test = None,
+    train_features: o.TrainFeatures = None, test_features: o.TestFeatures = None,
+    train_per_class: o.TrainPerClass = None, limit: o.Limit = None, seed: o.Seed = 0, class_map: o.ClassMap = None,
+    boxes: o.Boxes = None, masks: o.Masks = None, on_bad_annotation: o.OnBadAnnotation = "fail",
+    classnames: o.Classnames = None, templates: o.Templates = None,
+    hit_rule: o.HitRule = None, fg_fraction: o.FgFraction = 0.5, single_object: o.SingleObject = True,
+    max_box_area: o.MaxBoxArea = 0.25,
+    ks: o.Ks = "10,20,100,200", temperature: o.Temperature = 0.07,
+    weight_decays: o.WeightDecays = None, solver: o.Solver = "lbfgs", holdout_fraction: o.HoldoutFraction = 0.1,
+    probe_precision: o.ProbePrecision = "bf16", lrs: o.Lrs = None,
+    device: o.Device = "auto", dtype: o.Dtype = "fp32", batch_size: o.BatchSize = 64, workers: o.Workers = None,
+    on_bad_image: o.OnBadImage = "skip", channels_last: o.ChannelsLast = False, compile: o.Compile = False,
+    decode: o.Decode = "cpu", barrier_timeout: o.BarrierTimeout = 1800.0,
+    cache_dir: o.CacheDir = None, no_cache: o.NoCache = False, shard_size: o.ShardSize = 1024,
+    output_dir: o.OutputDir = None, run_name: o.RunName = None, overwrite: o.Overwrite = False,
+    dry_run: o.DryRun = False, json: o.Json = False, no_progress: o.NoProgress = False,
 ) -> None:
-    """Run several evaluators over one forward pass (per pooling: results/<run>/<pooling>/ when several)."""
+    """Several evaluators over one forward pass per split (results/<run>/<pooling>/)."""
     names = [e.strip() for e in evaluators.split(",") if e.strip()]
-    if not names:
-        raise InputError("--evaluators: give at least one evaluator")
-    run_job(names, checkpoint, imagenet_root, train, test, train_per_class, seed, pooling, recog, load, engine,
-            output_dir, run_name, no_progress, boxes=boxes, masks=masks, cache=cache)
+    run_command(names, locals())
 
 
-def _single(name: str, doc: str):
-    def command(
-        checkpoint: OptionalCheckpoint = None,
-        train_features: TrainFeatures = None,
-        test_features: TestFeatures = None,
-        imagenet_root: ImagenetRoot = None,
-        train: Train = None,
-        test: Test = None,
-        train_per_class: TrainPerClass = None,
-        seed: Seed = 0,
-        pooling: Poolings = None,
-        recog: dict = None,
-        load: LoadOptions = None,
-        engine: EngineSpec = None,
-        cache: CacheSpec = None,
-        output_dir: o.OutputDir = None,
-        run_name: o.RunName = None,
-        no_progress: o.NoProgress = False,
-    ) -> None:
-        if test_features is not None:
-            from ..pipelines.features_eval import evaluate_feature_files
-            from ..report.console import console, print_result
-
-            out = o.run_dir(output_dir, run_name, name, test_features.stem)
-            for pooled, (results, _) in evaluate_feature_files([name], train_features, test_features, pooling, out,
-                                                               seed=seed, **recog).items():
-                for r in results:
-                    print_result(r, f"{r.evaluator}  {test_features.name}  pooling={pooled}")
-            console.print(f"results written to [bold]{out}[/]")
-            return
-        if checkpoint is None:
-            raise InputError("give --checkpoint (with images) or --test-features")
-        run_job([name], checkpoint, imagenet_root, train, test, train_per_class, seed, pooling, recog, load, engine,
-                output_dir, run_name, no_progress, cache=cache)
-
-    command.__doc__ = doc
-    command.__name__ = name.replace("-", "_")
-    app.command(name)(o.grouped(recog=recognition_options, load=o.load_group, engine=o.engine_group,
-                                 cache=o.cache_group)(command))
+@app.command("patch-hit")
+def patch_hit(
+    checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
+    num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
+    quick_gelu: o.QuickGelu = None,
+    pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
+    imagenet_root: o.Root = None, split: o.Split = "val", limit: o.Limit = None, seed: o.Seed = 0,
+    boxes: o.Boxes = None, masks: o.Masks = None, on_bad_annotation: o.OnBadAnnotation = "fail",
+    hit_rule: o.HitRule = None, fg_fraction: o.FgFraction = 0.5, single_object: o.SingleObject = True,
+    max_box_area: o.MaxBoxArea = 0.25,
+    device: o.Device = "auto", dtype: o.Dtype = "fp32", batch_size: o.BatchSize = 64, workers: o.Workers = None,
+    on_bad_image: o.OnBadImage = "skip", channels_last: o.ChannelsLast = False, compile: o.Compile = False,
+    decode: o.Decode = "cpu", barrier_timeout: o.BarrierTimeout = 1800.0,
+    cache_dir: o.CacheDir = None, no_cache: o.NoCache = False, shard_size: o.ShardSize = 1024,
+    output_dir: o.OutputDir = None, run_name: o.RunName = None, overwrite: o.Overwrite = False,
+    dry_run: o.DryRun = False, json: o.Json = False, no_progress: o.NoProgress = False,
+) -> None:
+    """Point-in-box: how often the patch most similar to the pooled token lies inside the object's box."""
+    run_command(["patch-hit"], locals())
 
 
-_single("knn", "k-NN classification (DINO protocol: cosine, exp(sim/T) votes) of pooled features.")
-_single("linear-probe", "Multinomial logistic regression on frozen pooled features (hyperparameters on a "
-        "hold-out of the training split).")
-_single("classify", "Accuracy of the checkpoint's own head on the pooled token.")
+@app.command("knn")
+def knn(
+    checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
+    num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
+    quick_gelu: o.QuickGelu = None,
+    pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
+    imagenet_root: o.Root = None, split: o.Split = "val", train: o.Train = None, test: o.Test = None,
+    train_features: o.TrainFeatures = None, test_features: o.TestFeatures = None,
+    train_per_class: o.TrainPerClass = None, limit: o.Limit = None, seed: o.Seed = 0,
+    ks: o.Ks = "10,20,100,200", temperature: o.Temperature = 0.07,
+    device: o.Device = "auto", dtype: o.Dtype = "fp32", batch_size: o.BatchSize = 64, workers: o.Workers = None,
+    on_bad_image: o.OnBadImage = "skip", channels_last: o.ChannelsLast = False, compile: o.Compile = False,
+    decode: o.Decode = "cpu", barrier_timeout: o.BarrierTimeout = 1800.0,
+    cache_dir: o.CacheDir = None, no_cache: o.NoCache = False, shard_size: o.ShardSize = 1024,
+    output_dir: o.OutputDir = None, run_name: o.RunName = None, overwrite: o.Overwrite = False,
+    dry_run: o.DryRun = False, json: o.Json = False, no_progress: o.NoProgress = False,
+) -> None:
+    """k-NN classification (DINO protocol: cosine, exp(sim/T) votes) of pooled features."""
+    run_command(["knn"], locals())
+
+
+@app.command("linear-probe")
+def linear_probe(
+    checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
+    num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
+    quick_gelu: o.QuickGelu = None,
+    pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
+    imagenet_root: o.Root = None, split: o.Split = "val", train: o.Train = None, test: o.Test = None,
+    train_features: o.TrainFeatures = None, test_features: o.TestFeatures = None,
+    train_per_class: o.TrainPerClass = None, limit: o.Limit = None, seed: o.Seed = 0,
+    weight_decays: o.WeightDecays = None, solver: o.Solver = "lbfgs", holdout_fraction: o.HoldoutFraction = 0.1,
+    probe_precision: o.ProbePrecision = "bf16", lrs: o.Lrs = None,
+    device: o.Device = "auto", dtype: o.Dtype = "fp32", batch_size: o.BatchSize = 64, workers: o.Workers = None,
+    on_bad_image: o.OnBadImage = "skip", channels_last: o.ChannelsLast = False, compile: o.Compile = False,
+    decode: o.Decode = "cpu", barrier_timeout: o.BarrierTimeout = 1800.0,
+    cache_dir: o.CacheDir = None, no_cache: o.NoCache = False, shard_size: o.ShardSize = 1024,
+    output_dir: o.OutputDir = None, run_name: o.RunName = None, overwrite: o.Overwrite = False,
+    dry_run: o.DryRun = False, json: o.Json = False, no_progress: o.NoProgress = False,
+) -> None:
+    """Multinomial logistic regression on frozen pooled features (weight decay chosen on a hold-out of train)."""
+    run_command(["linear-probe"], locals())
+
+
+@app.command("classify")
+def classify(
+    checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
+    num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
+    quick_gelu: o.QuickGelu = None,
+    pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
+    imagenet_root: o.Root = None, split: o.Split = "val", test: o.Test = None, test_features: o.TestFeatures = None,
+    limit: o.Limit = None, seed: o.Seed = 0, class_map: o.ClassMap = None,
+    device: o.Device = "auto", dtype: o.Dtype = "fp32", batch_size: o.BatchSize = 64, workers: o.Workers = None,
+    on_bad_image: o.OnBadImage = "skip", channels_last: o.ChannelsLast = False, compile: o.Compile = False,
+    decode: o.Decode = "cpu", barrier_timeout: o.BarrierTimeout = 1800.0,
+    cache_dir: o.CacheDir = None, no_cache: o.NoCache = False, shard_size: o.ShardSize = 1024,
+    output_dir: o.OutputDir = None, run_name: o.RunName = None, overwrite: o.Overwrite = False,
+    dry_run: o.DryRun = False, json: o.Json = False, no_progress: o.NoProgress = False,
+) -> None:
+    """Accuracy of the checkpoint's own head on the pooled token (classes mapped to head outputs explicitly)."""
+    run_command(["classify"], locals())
+
+
+@app.command("zero-shot")
+def zero_shot(
+    checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
+    num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
+    quick_gelu: o.QuickGelu = None,
+    pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
+    imagenet_root: o.Root = None, split: o.Split = "val", test: o.Test = None, limit: o.Limit = None,
+    seed: o.Seed = 0, class_map: o.ClassMap = None, classnames: o.Classnames = None, templates: o.Templates = None,
+    device: o.Device = "auto", dtype: o.Dtype = "fp32", batch_size: o.BatchSize = 64, workers: o.Workers = None,
+    on_bad_image: o.OnBadImage = "skip", channels_last: o.ChannelsLast = False, compile: o.Compile = False,
+    decode: o.Decode = "cpu", barrier_timeout: o.BarrierTimeout = 1800.0,
+    cache_dir: o.CacheDir = None, no_cache: o.NoCache = False, shard_size: o.ShardSize = 1024,
+    output_dir: o.OutputDir = None, run_name: o.RunName = None, overwrite: o.Overwrite = False,
+    dry_run: o.DryRun = False, json: o.Json = False, no_progress: o.NoProgress = False,
+) -> None:
+    """Zero-shot top-1/top-5 of a CLIP checkpoint: pooled token -> visual.proj -> text classifier."""
+    run_command(["zero-shot"], locals())
+
+
+@app.command("evaluators")
+def list_evaluators() -> None:
+    """List the registered evaluators: taps, splits and needs."""
+    from ..evaluators import available, get
+    from ..report.console import console
+
+    for name in available():
+        c = get(name)
+        console.print(f"[bold]{name}[/]: {c.description} taps={','.join(sorted(c.taps))} "
+                      f"splits={','.join(c.splits)} needs={','.join(sorted(c.needs)) or '-'}")

@@ -8,44 +8,49 @@ from typing import Annotated
 import typer
 
 from ..app import app
-from ..data.filters import FilterSpec
-from ..models import load_model
+from ..errors import InputError
 from . import options as o
+
+Images = Annotated[list[str] | None, typer.Option("--image", help="Image id to draw (repeatable).",
+                                                  rich_help_panel=o.DATA)]
+Sample = Annotated[int, typer.Option("--sample", min=1, help="Otherwise draw this many kept images.",
+                                     rich_help_panel=o.DATA)]
 
 
 @app.command("visualize")
 def visualize(
-    checkpoint: o.Checkpoint,
-    imagenet_root: Annotated[Path, typer.Option("--imagenet-root", "-r", help="Root with val/<wnid>/*.JPEG.",
-                                                rich_help_panel=o.DATA)],
-    boxes: Annotated[Path | None, typer.Option("--boxes", help="Boxes (default: found under the root).",
-                                               rich_help_panel=o.DATA)] = None,
-    images: Annotated[list[str] | None, typer.Option("--image", help="Image id to draw (repeatable).",
-                                                     rich_help_panel=o.DATA)] = None,
-    sample: Annotated[int, typer.Option("--sample", min=1, help="Otherwise draw this many kept images.",
-                                        rich_help_panel=o.DATA)] = 8,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the sample.", rich_help_panel=o.DATA)] = 0,
-    pooling: o.Pooling = "last",
-    topk: o.TopK = 1,
-    sigma: o.Sigma = None,
-    score_formula: o.ScoreFormula = "code",
-    trust_checkpoint: o.TrustCheckpoint = False,
-    ignore_keys: o.IgnoreKeys = None,
-    num_heads: o.NumHeads = None,
-    device: o.Device = "auto",
-    dtype: o.Dtype = "fp32",
-    output_dir: o.OutputDir = None,
-    no_progress: o.NoProgress = False,
+    checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
+    num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
+    quick_gelu: o.QuickGelu = None,
+    pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
+    imagenet_root: o.Root = None, boxes: o.Boxes = None, images: Images = None, sample: Sample = 8,
+    seed: o.Seed = 0,
+    device: o.Device = "auto", dtype: o.Dtype = "fp32", batch_size: o.BatchSize = 16, workers: o.Workers = None,
+    cache_dir: o.CacheDir = None, no_cache: o.NoCache = False,
+    output_dir: o.OutputDir = None, no_progress: o.NoProgress = False,
 ) -> None:
     """Draw where the model looks: heatmap over the crop, box, top patch; score distributions; vote maps."""
+    from ..data.filters import FilterSpec
+    from ..engine.device import EngineSpec
+    from ..engine.store import StoreSpec
+    from ..models import LoadOptions, load_model
     from ..pipelines.visualize import run_visualize
+    from ..pooling import PoolingSpec
     from ..report.console import console
+    from .run import poolings_from
 
-    spec = o.pooling_spec(pooling, topk, sigma, score_formula)
-    model = load_model(checkpoint, o.load_options(trust_checkpoint, ignore_keys, num_heads))
-    out = o.run_dir(output_dir, None, "visualize", model.name, spec.name)
-    written = run_visualize(model, imagenet_root, boxes, FilterSpec(), spec,
-                            o.engine_spec(device, dtype, 16, 0, "skip"), out, images, sample, seed,
-                            progress=not no_progress)
+    if checkpoint is None or imagenet_root is None:
+        raise InputError("visualize needs --checkpoint and --imagenet-root")
+    specs = poolings_from(pooling, topk, sigma, score_formula) or (PoolingSpec("last", topk=1),)
+    if len(specs) != 1:
+        raise InputError("visualize draws one pooling at a time; give one -p")
+    model = load_model(checkpoint, LoadOptions(trust=trust_checkpoint, ignore_keys=tuple(ignore_keys or ()),
+                                               num_heads=num_heads, checkpoint_key=checkpoint_key, family=family,
+                                               quick_gelu=quick_gelu))
+    out = output_dir or (Path("results") / f"visualize-{model.name.rsplit('.', 1)[0]}-{specs[0].name}")
+    written = run_visualize(model, imagenet_root, boxes, FilterSpec(), specs[0],
+                            EngineSpec(device=device, dtype=dtype, batch_size=batch_size, workers=workers), out,
+                            images, sample, seed, progress=not no_progress,
+                            store=StoreSpec(dir=cache_dir, enabled=not no_cache))
     for p in written:
         console.print(f"wrote [bold]{p}[/]")

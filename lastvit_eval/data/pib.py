@@ -104,7 +104,8 @@ def targets_for(
         )
     return np.stack(
         [
-            patch_targets([b.as_tuple() for b in data.annotations[r.image_id].boxes], w, h, resize, crop, patch, rule)
+            patch_targets([b.as_tuple() for b in data.annotations[r.image_id].boxes], w, h, resize, crop, patch, rule,
+                          fg_fraction)
             for r, (w, h) in zip(data.records, data.sizes, strict=True)
         ]
     )

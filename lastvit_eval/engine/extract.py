@@ -1,39 +1,34 @@
-"""The one forward pass: final normalized tokens -> every requested pooling and tap, in fp32."""
+"""Features for a list of images: read from the feature store where it holds them, else one forward pass.
+
+`extract(model, paths, request, engine, store=StoreSpec())` is the one entry point every command uses.
+It hashes the files (content identity), asks the store which requested taps it already holds, forwards
+only the missing images (in chunks, each written to the store before the next starts), and assembles
+the arrays in the order of `paths`. With `widen=True` a forward also keeps the cheap taps of the
+standard poolings (cls, gap, last-k1), so that a later command asking for another of them on the same
+images reads instead of forwarding again. Under torch.distributed, chunks go to ranks in turn; rank 0
+assembles, other ranks return `assembled=False`.
+"""
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..errors import InputError
+from ..errors import LastvitError
 from ..models.base import LoadedModel
-from ..pooling import PoolingSpec, patch_scores, pool
+from ..pooling import PoolingSpec
 from . import distributed
-from .cache import DEFAULT_SHARD_SIZE, CacheEntry, CacheSpec, CorruptShard, Shard, cache_key, key_parts
-from .device import EngineSpec, autocast
+from .device import EngineSpec, resolve_device
+from .hashing import content_hashes
 from .progress import console
-from .runner import BatchRunner, default_workers  # noqa: F401  (default_workers: re-exported)
+from .runner import BatchRunner, ForwardFn, default_workers  # noqa: F401  (default_workers: re-exported)
+from .store import CorruptShard, FeatureSpace, StoreSpec, space_parts  # noqa: F401
+from .taps import CHEAP_TAPS, TapRequest, forward_taps
 
-TAP_KINDS = ("pooled", "embedding", "patch_scores", "votes", "logits", "patch_tokens")
-
-
-@dataclass(frozen=True)
-class TapRequest:
-    """Which arrays to keep from the forward pass; keys are `<tap>/<pooling name>`."""
-
-    poolings: tuple[PoolingSpec, ...]
-    taps: frozenset[str]
-
-    def __post_init__(self) -> None:
-        unknown = set(self.taps) - set(TAP_KINDS)
-        if unknown:
-            raise ValueError(f"unknown taps {sorted(unknown)}")
+STANDARD_POOLINGS = (PoolingSpec("cls"), PoolingSpec("gap"), PoolingSpec("last", topk=1))
 
 
 @dataclass
@@ -41,10 +36,10 @@ class Features:
     index: np.ndarray  # positions (into the input path list) of the images that were processed
     arrays: dict[str, np.ndarray]  # tap key -> [n, ...], rows aligned with `index`
     bad: list[tuple[str, str]] = field(default_factory=list)  # (path, error) of skipped images
-    seconds: float = 0.0  # wall time of the whole call (cache reads included)
+    seconds: float = 0.0  # wall time of the whole call (store reads included)
     device: str = "cpu"
     assembled: bool = True  # False on torch.distributed ranks other than 0: they hold no arrays
-    cache: dict = field(default_factory=dict)  # key, dir, shards reused / computed / corrupt
+    store: dict = field(default_factory=dict)  # space key, images reused / computed, corrupt shards
     engine_info: dict = field(default_factory=dict)  # OOM backoffs, compile status, GPU decode parity
     compute_seconds: float = 0.0  # time spent in forward passes by this process
 
@@ -53,37 +48,32 @@ class Features:
         return len(self.index) / self.seconds if self.seconds > 0 else float("nan")
 
 
-def forward_taps(model: LoadedModel, x: torch.Tensor, request: TapRequest, dtype: str,
-                 tokens_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Taps for one normalized batch. Pooling, scores, heads run in fp32 whatever the autocast dtype.
+def widened(model: LoadedModel, request: TapRequest) -> TapRequest:
+    """The request plus every cheap tap of the standard poolings (what a forward stores anyway)."""
+    poolings = {p.name: p for p in request.poolings}
+    for p in STANDARD_POOLINGS:
+        if p.kind == "cls" and model.backbone.num_prefix_tokens < 1:
+            continue
+        poolings.setdefault(p.name, p)
+    return TapRequest(tuple(poolings.values()), frozenset(request.taps | CHEAP_TAPS))
 
-    `tokens_fn` replaces `backbone.tokens` (e.g. its torch.compile'd version).
-    """
-    bb = model.backbone
-    with autocast(x.device, dtype):
-        tokens = (tokens_fn or bb.tokens)(x)
-    tokens = tokens.float()
-    prefix = bb.num_prefix_tokens
-    patches = tokens[:, prefix:]
-    out: dict[str, torch.Tensor] = {}
-    if "patch_tokens" in request.taps:
-        out["patch_tokens"] = patches.half()
-    for spec in request.poolings:
-        p = pool(tokens, prefix, spec)
-        name = spec.name
-        if "pooled" in request.taps:
-            out[f"pooled/{name}"] = p.token
-        if "embedding" in request.taps:
-            out[f"embedding/{name}"] = bb.project(p.token).float()
-        if "patch_scores" in request.taps:
-            out[f"patch_scores/{name}"] = patch_scores(patches, p.token)
-        if "votes" in request.taps and p.votes is not None:
-            out[f"votes/{name}"] = p.votes
-        if "logits" in request.taps:
-            logits = bb.head(p.token)
-            if logits is not None:
-                out[f"logits/{name}"] = logits.float()
-    return out
+
+def open_space(model: LoadedModel, engine: EngineSpec, store: StoreSpec) -> FeatureSpace:
+    space = FeatureSpace(store.root, space_parts(model, engine, resolve_device(engine.device).type))
+    space.open()
+    return space
+
+
+def stored_counts(model: LoadedModel, paths: list[Path], request: TapRequest, engine: EngineSpec,
+                  store: StoreSpec) -> dict:
+    """For --dry-run: how many of `paths` the store holds every requested tap for (nothing is written)."""
+    keys = request.keys(model)
+    space = FeatureSpace(store.root, space_parts(model, engine, resolve_device(engine.device).type))
+    hashes = content_hashes(paths, store.root / "hashes.sqlite" if store.root.exists() else None)
+    have = np.ones(len(paths), dtype=bool)
+    for k in keys:
+        have &= space.has(k, hashes)
+    return {"images": len(paths), "stored": int(have.sum()), "to_forward": int((~have).sum()), "space": space.key}
 
 
 def extract(
@@ -91,117 +81,119 @@ def extract(
     paths: list[Path],
     request: TapRequest,
     engine: EngineSpec,
+    store: StoreSpec | None = None,
     progress: bool = True,
     description: str = "forward",
-    cache: CacheSpec | None = None,
+    widen: bool = False,
+    forward_fn: ForwardFn = forward_taps,
 ) -> Features:
-    """Features for `paths` (in order), read from the cache where it holds them, else one forward pass.
-
-    This is the one entry point evaluators' pipelines use: `extract(model, paths, request, engine,
-    cache=CacheSpec(dir))`. With `cache=None` (or `enabled=False`) nothing is read or written. With a
-    cache, every finished shard is written before the next starts, so an interrupted run resumes where it
-    stopped, and a damaged shard is reported (`Features.cache['corrupt']`) and recomputed. Under
-    torch.distributed, rank r extracts shards s with s % world == r, all ranks meet at a barrier, and
-    rank 0 returns the assembled features; other ranks get `assembled=False` and no arrays.
-    Bad images are skipped (listed in `bad`) or, with `on_bad_image='fail'`, fail the run.
-    """
     t0 = time.perf_counter()
     paths = [Path(p) for p in paths]
     d = distributed.current()
-    shard_size = cache.shard_size if cache is not None else DEFAULT_SHARD_SIZE
-    n_shards = math.ceil(len(paths) / shard_size)
-    entry = _open_entry(model, paths, request, engine, cache, n_shards) if cache is not None and cache.enabled else None
-    if entry is None and d.world > 1:
-        raise InputError("distributed extraction exchanges shards through the feature cache; drop --no-cache")
-    runner = BatchRunner(model, request, engine)
-    report: dict = {"key": entry.key if entry else None, "dir": str(entry.dir) if entry else None,
-                    "shards": n_shards, "shard_size": shard_size, "reused": 0, "computed": 0, "corrupt": []}
-    shards: dict[int, Shard] = {}
+    use_store = store is not None and store.enabled
+    if not use_store and d.world > 1:
+        from ..errors import InputError
 
-    def load(s: int) -> Shard | None:
-        if entry is None:
-            return None
-        try:
-            return entry.load_shard(s)
-        except CorruptShard as e:
-            report["corrupt"].append(str(e))
-            console.print(f"[yellow]cache {entry.key[:12]}: {e}; recomputing it[/]")
-            entry.discard_shard(s)
-            return None
+        raise InputError("distributed extraction exchanges features through the feature store; drop --no-cache")
+    keys = request.keys(model)
+    compute_request = widened(model, request) if (widen and use_store) else request
+    space = open_space(model, engine, store) if use_store else None
+    shard_size = store.shard_size if store is not None else 1024
+    hashes = content_hashes(paths, store.root / "hashes.sqlite") if use_store else [None] * len(paths)
+    report = {"space": space.key if space else None, "dir": str(space.dir) if space else None,
+              "images_reused": 0, "images_computed": 0, "corrupt": []}
+    stop = (lambda: distributed.abort_message(store.root)) if (use_store and d.world > 1) else None
+    runner = BatchRunner(model, compute_request, engine, forward_fn=forward_fn, should_stop=stop)
+    memory: dict[int, dict[str, np.ndarray]] = {}  # no store: computed rows kept here (position -> taps)
+    bad: dict[int, str] = {}
 
-    def compute(todo: list[int], show: bool) -> None:
-        for s, shard in runner.run(paths, todo, shard_size, progress and show, description):
-            if entry is not None:
-                entry.write_shard(s, shard)
-            report["computed"] += 1
-            if d.is_main:
-                shards[s] = shard
+    def missing_positions() -> np.ndarray:
+        if space is None:
+            return np.array([i for i in range(len(paths)) if i not in memory and i not in bad], dtype=np.int64)
+        have = np.ones(len(paths), dtype=bool)
+        for k in keys:
+            have &= space.has(k, hashes)
+        for i in bad:
+            have[i] = True
+        return np.flatnonzero(~have)
 
-    todo = []
-    for s in range(d.rank, n_shards, d.world):
-        shard = load(s)
-        if shard is None:
-            todo.append(s)
-        else:
-            report["reused"] += 1
-            if d.is_main:
-                shards[s] = shard
-    compute(todo, d.is_main)
-    distributed.barrier()
+    def compute(todo: np.ndarray, mine: bool = True) -> None:
+        chunks = [todo[s:s + shard_size].tolist() for s in range(0, len(todo), shard_size)]
+        if mine:
+            chunks = chunks[d.rank::d.world]
+        for _, chunk in runner.run(paths, chunks, progress and (d.is_main or not mine), description):
+            for i, err in chunk.bad:
+                bad[i] = err
+            if not len(chunk.index):
+                continue
+            report["images_computed"] += int(len(chunk.index))
+            if space is not None:
+                ok = [j for j, i in enumerate(chunk.index) if hashes[i] is not None]
+                space.write({k: v[ok] for k, v in chunk.arrays.items()}, [hashes[chunk.index[j]] for j in ok])
+            else:
+                for j, i in enumerate(chunk.index):
+                    memory[int(i)] = {k: chunk.arrays[k][j] for k in keys}
+
+    todo = missing_positions()
+    report["images_reused"] = int(len(paths) - len(todo))
+    try:
+        compute(todo)
+    except LastvitError as e:
+        if d.world == 1:
+            raise
+        if use_store:
+            distributed.signal_abort(store.root, str(e))
+        distributed.agree(str(e))
+    except KeyboardInterrupt:
+        _say_kept(report, len(todo))
+        raise
+    if d.world > 1:
+        distributed.agree(None)
     if not d.is_main:
         return Features(index=np.zeros(0, dtype=np.int64), arrays={}, seconds=time.perf_counter() - t0,
-                        device=str(runner.device), assembled=False, cache=report, engine_info=runner.info,
+                        device=str(runner.device), assembled=False, store=report, engine_info=runner.info,
                         compute_seconds=runner.seconds)
-    missing = []
-    for s in range(n_shards):
-        if s not in shards:
-            shard = load(s)
-            if shard is None:
-                missing.append(s)  # lost or damaged after its rank wrote it: rank 0 redoes it
-            else:
-                shards[s] = shard
-    report["from_other_ranks"] = n_shards - len(missing) - len(todo) - report["reused"]
-    compute(missing, True)
-    if entry is not None:
-        entry.finalize(n_shards)
-    feats = _assemble(paths, shards, n_shards, shard_size, engine)
-    feats.seconds = time.perf_counter() - t0
-    feats.device = str(runner.device)
-    feats.cache = report
-    feats.engine_info = runner.info
-    feats.compute_seconds = runner.seconds
-    return feats
+    if space is not None:
+        space.refresh()
+    arrays: dict[str, np.ndarray] = {}
+    for _ in range(3):  # images lost on other ranks or in damaged shards are redone here
+        rest = missing_positions()
+        if len(rest):
+            compute(rest, mine=False)
+        ok = np.array([i for i in range(len(paths)) if i not in bad], dtype=np.int64)
+        arrays, lost = _assemble(ok, keys, space, hashes, memory, report)
+        if not len(lost):
+            break
+    else:  # pragma: no cover - the store kept losing shards
+        raise LastvitError(f"feature store {space.dir if space else ''}: shards keep failing their checksum")
+    return Features(index=ok, arrays=arrays, bad=[(str(paths[i]), bad[i]) for i in sorted(bad)],
+                    seconds=time.perf_counter() - t0, device=str(runner.device), store=report,
+                    engine_info=runner.info, compute_seconds=runner.seconds)
 
 
-def _open_entry(model, paths, request, engine, cache: CacheSpec, n_shards: int) -> CacheEntry:
-    parts = key_parts(model, paths, request, engine, cache)
-    entry = CacheEntry(cache.root, cache_key(parts))
-    info = {"checkpoint": model.name, "source": model.source, "description": "features for " + ", ".join(
-        sorted(request.taps)), "engine": engine.to_dict()}
-    try:
-        entry.open(parts, n_shards, info)
-    except OSError as e:
-        raise InputError(f"cache dir {cache.root}: cannot write ({e.strerror or e})") from None
-    return entry
+def _assemble(ok: np.ndarray, keys: list[str], space: FeatureSpace | None, hashes: list, memory: dict,
+              report: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Arrays for positions `ok`, and the positions whose stored shard turned out damaged."""
+    arrays: dict[str, np.ndarray] = {}
+    lost: set[int] = set()
+    for k in keys:
+        if space is None:
+            arrays[k] = np.stack([memory[int(i)][k] for i in ok]) if len(ok) else np.zeros((0,), np.float32)
+            continue
+        if not len(ok):
+            arrays[k] = np.zeros((0,), np.float32)
+            continue
+        n_corrupt = len(report["corrupt"])
+        out, gone = space.read(k, [hashes[i] for i in ok], report["corrupt"])
+        for msg in report["corrupt"][n_corrupt:]:
+            console.print(f"[yellow]feature store: {msg}; recomputing its images[/]")
+        lost.update(int(ok[j]) for j in gone)
+        if out is not None:
+            arrays[k] = out
+    return arrays, np.array(sorted(lost), dtype=np.int64)
 
 
-def _assemble(paths: list[Path], shards: dict[int, Shard], n_shards: int, shard_size: int,
-              engine: EngineSpec) -> Features:
-    index, bad = [], []
-    arrays: dict[str, list[np.ndarray]] = {}
-    for s in range(n_shards):
-        shard = shards[s]
-        start = s * shard_size
-        for i, err in shard.bad:
-            if engine.on_bad_image == "fail":
-                raise InputError(f"{paths[start + i]}: unreadable image ({err}); use --on-bad-image skip to skip it")
-            bad.append((str(paths[start + i]), err))
-        if len(shard.index):
-            index.append(shard.index + start)
-            for k, v in shard.arrays.items():
-                arrays.setdefault(k, []).append(v)
-    return Features(
-        index=np.concatenate(index) if index else np.zeros(0, dtype=np.int64),
-        arrays={k: np.concatenate(v) for k, v in arrays.items()},
-        bad=bad,
-    )
+def _say_kept(report: dict, todo: int) -> None:
+    if report.get("space"):
+        console.print(f"[yellow]interrupted: {report['images_computed']} of {todo} images to compute were stored "
+                      f"(space {report['space'][:12]}); rerun the same command to resume[/]")

@@ -65,7 +65,7 @@ def decode_batch(
 
 def parity(model, paths: list[Path], request, device: torch.device, dtype: str, n: int = 32) -> dict:
     """GPU vs CPU decode on the first `n` readable images: pixel gap and patch-hit (arg-max) agreement."""
-    from .extract import TapRequest, forward_taps
+    from .taps import TapRequest, forward_taps
 
     cpu, gpu_in, kept = [], [], []
     for p in paths[:n]:

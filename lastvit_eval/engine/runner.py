@@ -1,15 +1,18 @@
 """The batched forward loop: device placement, OOM backoff, optional torch.compile, CPU or GPU decode.
 
-Set up lazily, so a run whose features all come from the cache never moves the model to the device.
-Batches never cross a shard boundary, and a shard is handed back as soon as its last image is done,
-so the caller can write it to the cache before the next one starts (what makes `kill -9` resumable).
+Set up lazily, so a run whose features all come from the store never moves the model to the device.
+The caller hands over chunks (lists of positions); batches never cross a chunk, and a chunk is handed
+back as soon as its last image is done, so the caller can write it to the feature store before the
+next one starts (what makes `kill -9` resumable). The forward function is a parameter (default:
+`taps.forward_taps`), which keeps this module below the taps and lets tests inject failures.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +21,21 @@ from torch.utils.data import DataLoader
 
 from ..errors import InputError
 from ..models.base import LoadedModel
-from .cache import Shard
 from .dataset import EncodedDataset, ImageDataset, collate, collate_encoded
 from .device import EngineSpec, resolve_device
 from .progress import console, image_progress
+from .taps import check_finite, forward_taps
+
+ForwardFn = Callable[..., dict[str, torch.Tensor]]
+
+
+@dataclass
+class Chunk:
+    """One chunk's rows: positions (into the path list) of the images that decoded, their taps, bad files."""
+
+    index: np.ndarray  # int64 [m], positions into the caller's path list
+    arrays: dict[str, np.ndarray]
+    bad: list[tuple[int, str]] = field(default_factory=list)  # (position, error)
 
 
 def default_workers() -> int:
@@ -33,8 +47,11 @@ def default_workers() -> int:
 class BatchRunner:
     """Forward passes for one (model, request, engine); `info` records what happened (backoffs, compile)."""
 
-    def __init__(self, model: LoadedModel, request, engine: EngineSpec) -> None:
+    def __init__(self, model: LoadedModel, request, engine: EngineSpec, forward_fn: ForwardFn = forward_taps,
+                 should_stop: Callable[[], str | None] | None = None) -> None:
         self.model = model
+        self.forward_fn = forward_fn
+        self.should_stop = should_stop  # polled between batches: a message ends the run (another rank failed)
         self.request = request
         self.engine = engine
         self.device = resolve_device(engine.device)
@@ -82,10 +99,10 @@ class BatchRunner:
                 self._compile_failed(e)
         return self.eager_tokens(x)
 
-    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """uint8 [B, 3, H, W] (host or device) -> taps on the host; halves the sub-batch on CUDA OOM."""
-        from .extract import forward_taps
+    def forward(self, batch: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """uint8 [B, 3, H, W] (host or device) -> taps on the host; halves the sub-batch on CUDA OOM.
 
+        Non-finite outputs are an error naming the image (`names`), never a metric."""
         self.setup()
         x = self.model.transform.normalize(batch.to(self.device, non_blocking=True))
         if self.engine.channels_last:
@@ -96,7 +113,7 @@ class BatchRunner:
             b = min(self.micro, len(x) - i)
             oom = False
             try:
-                out = forward_taps(self.model, x[i:i + b], self.request, self.engine.dtype, tokens_fn=self._tokens)
+                out = self.forward_fn(self.model, x[i:i + b], self.request, self.engine.dtype, tokens_fn=self._tokens)
             except torch.OutOfMemoryError:
                 if b == 1:
                     raise
@@ -108,6 +125,7 @@ class BatchRunner:
                 self.info["oom_backoffs"].append({"from": b, "to": self.micro})
                 console.print(f"[yellow]out of memory at batch {b}; continuing with {self.micro}[/]")
                 continue
+            check_finite(out, (names or [f"image {j}" for j in range(len(x))])[i:i + b])
             outs.append({k: v.to("cpu", non_blocking=False) for k, v in out.items()})
             i += b
         self.info["batch_size_final"] = self.micro
@@ -125,16 +143,16 @@ class BatchRunner:
             prefetch_factor=4 if workers > 0 else None,
         )
 
-    def run(self, paths: list[Path], shards: list[int], shard_size: int, progress: bool = True,
-            description: str = "forward") -> Iterator[tuple[int, Shard]]:
-        """Yield (shard number, Shard) for each requested shard, in order, as soon as it is complete."""
-        if not shards:
+    def run(self, paths: list[Path], chunks: list[list[int]], progress: bool = True,
+            description: str = "forward") -> Iterator[tuple[int, Chunk]]:
+        """Yield (chunk number, Chunk) for each chunk of positions, in order, as soon as it is complete."""
+        chunks = [c for c in chunks]
+        if not any(chunks):
             return
         self.setup()
-        bounds = {s: (s * shard_size, min((s + 1) * shard_size, len(paths))) for s in shards}
-        batches = [(s, list(range(b, min(b + self.engine.batch_size, hi))))
-                   for s in shards for lo, hi in [bounds[s]] for b in range(lo, hi, self.engine.batch_size)]
-        total = sum(hi - lo for lo, hi in bounds.values())
+        bs = self.engine.batch_size
+        batches = [(c, members[b:b + bs]) for c, members in enumerate(chunks) for b in range(0, len(members), bs)]
+        total = sum(len(c) for c in chunks)
         if self.engine.decode == "gpu" and "gpu_decode_parity" not in self.info:
             from .gpu_decode import parity
 
@@ -146,25 +164,26 @@ class BatchRunner:
         loader = self._loader(paths, [b for _, b in batches])
         with image_progress(progress) as bar, torch.inference_mode():
             task = bar.add_task(description, total=total, rate="")
-            for (s, members), (idx, batch, errors) in zip(batches, loader, strict=True):
-                acc = pending.setdefault(s, {"seen": 0, "idx": [], "out": [], "bad": []})
+            for (c, members), (idx, batch, errors) in zip(batches, loader, strict=True):
+                if self.should_stop is not None and (msg := self.should_stop()):
+                    raise InputError(msg)
+                acc = pending.setdefault(c, {"seen": 0, "idx": [], "out": [], "bad": []})
                 if self.engine.decode == "gpu" and batch is not None:
                     idx, batch, errors = self._gpu_decode(paths, idx, batch, errors)
                 for i, err in errors:
                     if self.engine.on_bad_image == "fail":
                         raise InputError(f"{paths[i]}: unreadable image ({err}); use --on-bad-image skip to skip it")
-                    acc["bad"].append((i - bounds[s][0], err))
+                    acc["bad"].append((i, err))
                 if batch is not None and len(idx):
-                    acc["out"].append(self.forward(batch))
-                    acc["idx"].append(idx.numpy() - bounds[s][0])
+                    acc["out"].append(self.forward(batch, [str(paths[int(i)]) for i in idx]))
+                    acc["idx"].append(idx.numpy())
                     n_done += len(idx)
                 acc["seen"] += len(members)
                 rate = n_done / max(time.perf_counter() - t0, 1e-9)
                 bar.update(task, advance=len(members), rate=f"{rate:.1f} img/s")
-                lo, hi = bounds[s]
-                if acc["seen"] == hi - lo:
-                    del pending[s]
-                    yield s, _shard(acc)
+                if acc["seen"] == len(chunks[c]):
+                    del pending[c]
+                    yield c, _chunk(acc)
         self.seconds += time.perf_counter() - t0
 
     def _gpu_decode(self, paths, idx, data, errors):
@@ -175,7 +194,7 @@ class BatchRunner:
         return idx[ok], batch, errors
 
 
-def _shard(acc: dict) -> Shard:
+def _chunk(acc: dict) -> Chunk:
     index = np.concatenate(acc["idx"]).astype(np.int64) if acc["idx"] else np.zeros(0, dtype=np.int64)
     arrays = {k: torch.cat([o[k] for o in acc["out"]]).numpy() for k in acc["out"][0]} if acc["out"] else {}
-    return Shard(index=index, arrays=arrays, bad=sorted(acc["bad"]))
+    return Chunk(index=index, arrays=arrays, bad=sorted(acc["bad"]))

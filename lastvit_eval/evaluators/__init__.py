@@ -1,41 +1,28 @@
-"""Evaluator plugins, registered by name. An evaluator takes features and annotations, never a model."""
+"""Evaluator plugins, registered by name (see `base.py` for the contract)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from .base import EVALUATORS, Evaluator, register
 
-EVALUATORS: dict[str, EvaluatorInfo] = {}
-
-
-@dataclass(frozen=True)
-class EvaluatorInfo:
-    name: str
-    fn: Callable
-    taps: tuple[str, ...]  # tap kinds it needs from the forward pass: pooled, patch_scores, logits, ...
-    description: str
+__all__ = ["EVALUATORS", "Evaluator", "available", "get", "register"]
 
 
-def register(name: str, taps: tuple[str, ...], description: str = "") -> Callable[[Callable], Callable]:
-    """Decorator: a new evaluator is one module and one line."""
-
-    def deco(fn: Callable) -> Callable:
-        EVALUATORS[name] = EvaluatorInfo(name=name, fn=fn, taps=taps, description=description or (fn.__doc__ or ""))
-        return fn
-
-    return deco
-
-
-def get(name: str) -> EvaluatorInfo:
+def get(name: str) -> type[Evaluator]:
+    """The evaluator class registered under `name` (`linear_probe` is accepted for `linear-probe`)."""
     from ..errors import InputError
 
     _load_builtin()
-    for alias in (name, name.replace("-", "_"), name.replace("_", "-")):
-        if alias in EVALUATORS:
-            return EVALUATORS[alias]
-    if name not in EVALUATORS:
-        raise InputError(f"unknown evaluator {name!r}; available: {', '.join(sorted(EVALUATORS))}")
-    return EVALUATORS[name]
+    key = name.strip().replace("_", "-")
+    if key in EVALUATORS:
+        return EVALUATORS[key]
+    if name in EVALUATORS:
+        return EVALUATORS[name]
+    raise InputError(f"unknown evaluator {name!r}; available: {', '.join(available())}")
+
+
+def available() -> list[str]:
+    _load_builtin()
+    return sorted(EVALUATORS)
 
 
 def _load_builtin() -> None:
@@ -43,4 +30,5 @@ def _load_builtin() -> None:
     import pkgutil
 
     for mod in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{mod.name}")
+        if mod.name != "base":
+            importlib.import_module(f"{__name__}.{mod.name}")

@@ -86,6 +86,7 @@ class Inputs:
     train: SplitInputs | None
     classes: list[str]  # label index -> class name (wnid where known)
     plan: Plan  # read-only: annotations, class map, grid, seed, device
+    skipped: list[str] = field(default_factory=list)  # test image ids that failed to decode
 
 
 class Evaluator:

@@ -9,12 +9,11 @@ import pandas as pd
 from ..errors import InputError
 from ..result import Result
 from ..stats import proportion
-from . import register
+from .base import Evaluator, Inputs, MetricInfo, register
 from .checks import ArrayLike, as_features, as_ids, as_labels, labels_in_range
 from .scoring import mean_per_class_recall_metric, per_class_table, topk_hits
 
 
-@register("classify", taps=("logits",), description="Top-1/top-5 and per-class recall of the own head")
 def evaluate(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -41,3 +40,21 @@ def evaluate(
     }
     info = {"n": int(z.shape[0]), "num_classes": int(z.shape[1]), "n_classes_in_labels": int(len(set(yn)))}
     return Result("classify", metrics, rows=rows, tables={"per_class": per_class_table(yn, top1)}, info=info)
+
+
+@register
+class Classify(Evaluator):
+    """The checkpoint's own head on the pooled token; dataset classes are mapped to head outputs by the plan."""
+
+    name = "classify"
+    description = "Top-1/top-5 and per-class recall of the checkpoint's own head."
+    taps = frozenset({"logits"})
+    needs = frozenset({"labels", "head"})
+    metrics = {"classify.*": MetricInfo("percent", "higher")}
+
+    def evaluate(self, inputs: Inputs) -> Result:
+        cmap = inputs.plan.class_map
+        head = cmap.indices[inputs.test.labels]
+        result = evaluate(inputs.test.get("logits"), head, test_ids=inputs.test.ids, seed=inputs.plan.seed)
+        result.info["class_map"] = cmap.describe(inputs.classes)
+        return result

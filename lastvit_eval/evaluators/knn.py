@@ -9,6 +9,7 @@ bank with a running top-k merge, so memory stays bounded for a 1.28M x 768 bank.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..result import Result
 from ..stats import proportion
-from . import register
+from .base import Evaluator, Inputs, MetricInfo, register
 from .checks import (
     ArrayLike,
     as_features,
@@ -38,7 +39,6 @@ DEFAULT_TRAIN_CHUNK = 32768
 DEFAULT_TEST_CHUNK = 1024
 
 
-@register("knn", taps=("pooled",), description="Weighted k-NN (DINO protocol) on pooled features")
 def evaluate(
     train_feats: ArrayLike,
     train_labels: ArrayLike,
@@ -174,3 +174,40 @@ def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     if not out or any(k < 1 for k in out) or any(int(k) != k for k in ks):
         raise InputError(f"ks must be positive integers, got {ks!r}")
     return tuple(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class KnnOptions:
+    ks: tuple[int, ...] = DEFAULT_KS
+    temperature: float = 0.07
+
+    def __post_init__(self) -> None:
+        _check_ks(self.ks)
+        if not self.temperature > 0:
+            raise InputError(f"--temperature must be positive, got {self.temperature}")
+
+
+@register
+class Knn(Evaluator):
+    """DINO's weighted k-NN on pooled features; classes come from the training split."""
+
+    name = "knn"
+    description = "Weighted k-NN (DINO protocol) on pooled features."
+    taps = frozenset({"pooled"})
+    splits = ("train", "test")
+    needs = frozenset({"labels"})
+    metrics = {"knn.*": MetricInfo("percent", "higher")}
+    Options = KnnOptions
+
+    def check(self, plan) -> None:
+        n = plan.train.size
+        big = [k for k in self.options.ks if k > n]
+        if big:
+            raise InputError(f"--ks {','.join(map(str, big))}: larger than the {n} training images "
+                             f"({plan.train.source}); a k-NN with k > N would silently use N")
+
+    def evaluate(self, inputs: Inputs) -> Result:
+        train = inputs.train
+        return evaluate(train.get("pooled"), train.labels, inputs.test.get("pooled"), inputs.test.labels,
+                        test_ids=inputs.test.ids, ks=self.options.ks, temperature=self.options.temperature,
+                        num_classes=len(inputs.classes), device=inputs.plan.eval_device)

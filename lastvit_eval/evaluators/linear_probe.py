@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..result import Result
 from ..stats import proportion
-from . import register
+from .base import Evaluator, Inputs, MetricInfo, register
 from .checks import (
     ArrayLike,
     as_features,
@@ -239,7 +239,6 @@ def refit(
     return LinearHead(scaler, fit.weight, fit.bias), fit
 
 
-@register("linear_probe", taps=("pooled",), description="Multinomial logistic regression on pooled features")
 def evaluate(
     train_feats: ArrayLike,
     train_labels: ArrayLike,
@@ -374,3 +373,49 @@ def _grid(lrs: Sequence[float], wds: Sequence[float]) -> list[tuple[float, float
     if any(not (lr > 0) for lr, _ in configs) or any(not (wd >= 0) for _, wd in configs):
         raise InputError(f"linear probe: learning rates must be > 0 and weight decays >= 0, got {configs}")
     return configs
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    weight_decays: tuple[float, ...] = DEFAULT_WDS
+    solver: str = "lbfgs"
+    holdout_fraction: float = 0.1
+    precision: str = "bf16"
+    lrs: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.solver not in SOLVERS:
+            raise InputError(f"--solver {self.solver!r}: use one of {', '.join(SOLVERS)}")
+        if not self.weight_decays or any(not (w >= 0 and math.isfinite(w)) for w in self.weight_decays):
+            raise InputError(f"--weight-decays {self.weight_decays}: give finite values >= 0")
+        if not 0 < self.holdout_fraction < 1:
+            raise InputError(f"--holdout-fraction {self.holdout_fraction}: must be in (0, 1)")
+        if self.lrs is not None and self.solver != "adam":
+            raise InputError("--lrs applies to --solver adam only")
+
+    def kwargs(self) -> dict:
+        out = {"weight_decays": self.weight_decays, "solver": self.solver, "holdout_fraction": self.holdout_fraction}
+        if self.solver == "lbfgs":
+            out["precision"] = self.precision
+        if self.lrs is not None:
+            out["lrs"] = self.lrs
+        return out
+
+
+@register
+class LinearProbe(Evaluator):
+    """Logistic regression on frozen pooled features, weight decay chosen on a hold-out of the training split."""
+
+    name = "linear-probe"
+    description = "Multinomial logistic regression on pooled features (hold-out selection, refit)."
+    taps = frozenset({"pooled"})
+    splits = ("train", "test")
+    needs = frozenset({"labels"})
+    metrics = {"linear_probe.*": MetricInfo("percent", "higher")}
+    Options = ProbeOptions
+
+    def evaluate(self, inputs: Inputs) -> Result:
+        train = inputs.train
+        return evaluate(train.get("pooled"), train.labels, inputs.test.get("pooled"), inputs.test.labels,
+                        test_ids=inputs.test.ids, num_classes=len(inputs.classes), seed=inputs.plan.seed,
+                        device=inputs.plan.eval_device, **self.options.kwargs())

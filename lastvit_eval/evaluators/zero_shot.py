@@ -9,11 +9,10 @@ import torch
 from ..errors import InputError
 from ..result import Result
 from ..stats import proportion
-from . import register
+from .base import Evaluator, Inputs, MetricInfo, register
 from .scoring import mean_per_class_recall_metric, topk_hits
 
 
-@register("zero-shot", taps=("embedding",), description="Zero-shot top-1/top-5 and mean per-class recall.")
 def evaluate(
     image_embeddings: np.ndarray,
     labels: np.ndarray,
@@ -73,3 +72,23 @@ def evaluate(
         tables={"per_class": per.rename(columns={"cls": "class"}).reset_index()},
         info={"images": n, "classes": c, "classes_present": int(np.unique(labels).size), "top_k": k},
     )
+
+
+@register
+class ZeroShot(Evaluator):
+    """CLIP zero-shot: projected pooled token vs the text classifier the plan builds (and stores)."""
+
+    name = "zero-shot"
+    description = "Zero-shot top-1/top-5 and mean per-class recall of a CLIP checkpoint."
+    taps = frozenset({"embedding"})
+    needs = frozenset({"labels", "text"})
+    metrics = {"zero_shot.*": MetricInfo("percent", "higher")}
+
+    def evaluate(self, inputs: Inputs) -> Result:
+        text = inputs.plan.text
+        labels = text.class_map.indices[inputs.test.labels]
+        result = evaluate(inputs.test.get("embedding"), labels, text.weights, list(text.prompts.classnames),
+                          inputs.test.ids)
+        result.info["text_classifier"] = text.info
+        result.info["class_map"] = text.class_map.describe(inputs.classes)
+        return result

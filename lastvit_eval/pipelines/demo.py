@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..data.recognition import from_imagenet
 from ..engine.device import EngineSpec
+from ..engine.store import StoreSpec
 from ..errors import InputError
-from ..models import load_model
 from ..pooling import PoolingSpec
-from .run import PibOptions, RunConfig, run_evaluators
 
 EVALUATORS = ["patch-hit", "knn", "linear-probe", "classify"]
 CHECKPOINTS = ("tiny_cls.pth", "tiny_last.pth")
@@ -43,24 +41,29 @@ class DemoOutput:
     table: pd.DataFrame  # the aggregated long table (one row per run and metric)
 
 
-def run_demo(out: Path, engine: EngineSpec, progress: bool = True, ks: tuple[int, ...] = (10, 20)) -> DemoOutput:
+def run_demo(out: Path, engine: EngineSpec, progress: bool = True, ks: tuple[int, ...] = (10, 20),
+             store: StoreSpec | None = None) -> DemoOutput:
     from ..data.filters import FilterSpec
+    from ..evaluators.knn import KnnOptions
+    from ..pipeline import execute
+    from ..plan import RunRequest, build_plan
     from ..report import aggregate as agg
     from ..report import compare as cmp
     from .visualize import run_visualize
 
     data, ckpts = bundled()
-    val, train = from_imagenet(data, "val"), from_imagenet(data, "train")
+    store = store or StoreSpec()
     runs, pictures = [], []
     # each model with the pooling it was trained with: cls for tiny_cls, last for tiny_last
     for ckpt, own_pooling in zip(ckpts, POOLINGS, strict=True):
-        model = load_model(ckpt)
-        cfg = RunConfig(evaluators=EVALUATORS, poolings=list(POOLINGS), val=val, train=train,
-                        pib=PibOptions(root=data), ks=ks, dataset_name="demo")
-        run_evaluators(model, cfg, engine, out / ckpt.stem, progress=progress)
+        req = RunRequest(evaluators=tuple(EVALUATORS), options={"knn": KnnOptions(ks=ks)}, checkpoint=str(ckpt),
+                         poolings=POOLINGS, root=data, engine=engine, store=store, output_dir=out / ckpt.stem,
+                         overwrite=True, progress=progress)
+        plan = build_plan(req)
+        execute(plan)
         runs += [out / ckpt.stem / p.name for p in POOLINGS]
-        pictures += run_visualize(model, data, None, FilterSpec(), own_pooling, engine,
-                                  out / "pictures" / ckpt.stem, sample=8, seed=0, progress=progress)
+        pictures += run_visualize(plan.model, data, None, FilterSpec(), own_pooling, engine,
+                                  out / "pictures" / ckpt.stem, sample=8, seed=0, progress=progress, store=store)
     long = agg.aggregate(runs)
     report = agg.write_report(long, out)
     # the paper's comparison: each model with the pooling it was trained with

@@ -10,7 +10,9 @@ from ..data.filters import FilterSpec
 from ..data.pib import load_pib_data, targets_for
 from ..engine.dataset import load_rgb
 from ..engine.device import EngineSpec
-from ..engine.extract import TapRequest, extract
+from ..engine.extract import extract
+from ..engine.store import StoreSpec
+from ..engine.taps import TapRequest
 from ..errors import InputError
 from ..geometry import box_to_crop_coords
 from ..models import LoadedModel
@@ -42,13 +44,14 @@ def run_visualize(
     sample: int = 8,
     seed: int = 0,
     progress: bool = True,
+    store: StoreSpec | None = None,
 ) -> list[Path]:
     data = load_pib_data(root, boxes, filt, engine.on_bad_image)
     picks = choose([r.image_id for r in data.records], images, sample, seed)
     t = model.transform
     taps = {"patch_scores", "votes"} if pooling.kind == "last" else {"patch_scores"}
     feats = extract(model, [data.records[i].path for i in picks], TapRequest((pooling,), frozenset(taps)), engine,
-                    progress=progress, description="visualize")
+                    store=store, progress=progress, description=f"{model.name} visualize", widen=True)
     picks = [picks[i] for i in feats.index]
     if not picks:
         raise InputError("visualize: none of the chosen images could be decoded")

@@ -1,0 +1,106 @@
+"""What one forward pass emits: final normalized tokens -> every requested pooling and tap, in fp32.
+
+Taps (keys `<tap>/<pooling name>`, or the bare tap for pooling-free ones):
+`pooled` (the pooled token), `embedding` (pooled token through the projection, CLIP), `logits` (the
+checkpoint's head), `patch_scores` (cosine of every patch token with the pooled token), `votes` (LAST:
+channels that chose each patch) and, pooling-free, `patch_tokens` (fp16). The forward emits only what
+is asked; `CHEAP_TAPS` are those that cost nothing next to the backbone, which the feature store keeps
+whenever an image is forwarded anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InputError
+from ..models.base import LoadedModel
+from ..pooling import PoolingSpec, patch_scores, pool
+from .device import autocast
+
+TAP_KINDS = ("pooled", "embedding", "patch_scores", "votes", "logits", "patch_tokens")
+POOLING_FREE = frozenset({"patch_tokens"})
+CHEAP_TAPS = frozenset({"pooled", "embedding", "patch_scores", "votes", "logits"})
+
+
+@dataclass(frozen=True)
+class TapRequest:
+    """Which arrays to keep from the forward pass."""
+
+    poolings: tuple[PoolingSpec, ...]
+    taps: frozenset[str]
+
+    def __post_init__(self) -> None:
+        unknown = set(self.taps) - set(TAP_KINDS)
+        if unknown:
+            raise ValueError(f"unknown taps {sorted(unknown)}")
+
+    def keys(self, model: LoadedModel) -> list[str]:
+        """The array keys this request yields for `model` (votes only for LAST, logits only with a head)."""
+        out = [t for t in sorted(self.taps & POOLING_FREE)]
+        for spec in self.poolings:
+            for tap in sorted(self.taps - POOLING_FREE):
+                if tap == "votes" and spec.kind != "last":
+                    continue
+                if tap == "logits" and model.arch.num_classes is None:
+                    continue
+                if tap == "embedding" and model.arch.embed_dim is None:
+                    continue
+                out.append(f"{tap}/{spec.name}")
+        return out
+
+
+def forward_taps(model: LoadedModel, x: torch.Tensor, request: TapRequest, dtype: str,
+                 tokens_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Taps for one normalized batch. Pooling, scores and heads run in fp32 whatever the autocast dtype.
+
+    `tokens_fn` replaces `backbone.tokens` (e.g. its torch.compile'd version).
+    """
+    bb = model.backbone
+    with autocast(x.device, dtype):
+        tokens = (tokens_fn or bb.tokens)(x)
+    tokens = tokens.float()
+    prefix = bb.num_prefix_tokens
+    patches = tokens[:, prefix:]
+    out: dict[str, torch.Tensor] = {}
+    if "patch_tokens" in request.taps:
+        out["patch_tokens"] = patches.half()
+    for spec in request.poolings:
+        p = pool(tokens, prefix, spec)
+        name = spec.name
+        if "pooled" in request.taps:
+            out[f"pooled/{name}"] = p.token
+        if "embedding" in request.taps and model.arch.embed_dim is not None:
+            out[f"embedding/{name}"] = bb.project(p.token).float()
+        if "patch_scores" in request.taps:
+            out[f"patch_scores/{name}"] = patch_scores(patches, p.token)
+        if "votes" in request.taps and p.votes is not None:
+            out[f"votes/{name}"] = p.votes
+        if "logits" in request.taps:
+            logits = bb.head(p.token)
+            if logits is not None:
+                out[f"logits/{name}"] = logits.float()
+    return out
+
+
+def first_non_finite(out: dict[str, torch.Tensor]) -> tuple[str, int] | None:
+    """(tap key, batch row) of the first non-finite value, or None. A NaN must never become a metric."""
+    for key in sorted(out):
+        v = out[key]
+        if not v.is_floating_point():
+            continue
+        bad = ~torch.isfinite(v.reshape(len(v), -1)).all(dim=1)
+        if bool(bad.any()):
+            return key, int(bad.nonzero()[0, 0])
+    return None
+
+
+def check_finite(out: dict[str, torch.Tensor], names: list[str]) -> None:
+    """Raise InputError naming the first image whose tokens, scores or logits are not finite."""
+    hit = first_non_finite(out)
+    if hit is not None:
+        key, row = hit
+        raise InputError(f"{names[row]}: the forward pass gave non-finite values ({key}); the checkpoint or "
+                         "the --dtype overflows on this image, so no metric is computed")

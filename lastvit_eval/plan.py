@@ -1,0 +1,411 @@
+"""Plan, validate, then compute: everything a run will do, checked before the first forward pass.
+
+`build_plan(request)` resolves the evaluators (registry), indexes the data (images per split, labels,
+feature files), loads the model (reading a checkpoint is seconds; forwarding ImageNet is hours),
+resolves poolings, maps classes onto the head, and runs every evaluator's cheap `check`. Every failure
+is one line and exit code 2, before any image is forwarded. `describe(plan)` is what `--dry-run`
+prints: images per split, how many the feature store already holds, forward passes needed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from .classmap import ClassMap, declared_labels, map_classes
+from .engine.device import EngineSpec
+from .engine.store import StoreSpec
+from .errors import InputError
+from .evaluators import get as get_evaluator
+from .evaluators.base import Evaluator
+from .models import LoadedModel, LoadOptions
+from .pooling import PoolingSpec
+
+HUB_PREFIXES = ("torchvision:", "timm:", "openclip:")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What a command asked for, as typed values (the CLI builds it; tests can too)."""
+
+    evaluators: tuple[str, ...]
+    options: dict = field(default_factory=dict)  # evaluator name -> its Options instance
+    checkpoint: str | None = None
+    load: LoadOptions = field(default_factory=LoadOptions)
+    poolings: tuple[PoolingSpec, ...] = ()  # empty: the default for the model
+    root: Path | None = None
+    split: str = "val"
+    train: Path | None = None
+    test: Path | None = None
+    boxes: Path | None = None
+    masks: Path | None = None
+    train_per_class: int | None = None
+    limit: int | None = None
+    seed: int = 0
+    train_features: Path | None = None
+    test_features: Path | None = None
+    class_map: Path | None = None
+    classnames: Path | None = None
+    templates: Path | None = None
+    on_bad_annotation: str = "fail"
+    engine: EngineSpec = field(default_factory=EngineSpec)
+    store: StoreSpec = field(default_factory=StoreSpec)
+    output_dir: Path | None = None
+    run_name: str | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Split:
+    """One split's images (or feature-file rows): ids, class names (None: unlabelled), where from."""
+
+    role: str  # test | train
+    ids: list[str]
+    names: list[str | None]
+    source: str
+    paths: list[Path] | None = None  # None: rows come from a feature file
+    features: object | None = None  # FeatureSet in feature-file mode
+    unreadable: list = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class TextClassifier:
+    prompts: object
+    class_map: ClassMap
+    weights: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    request: RunRequest
+    evaluators: list[Evaluator]
+    model: LoadedModel | None
+    poolings: tuple[PoolingSpec, ...]
+    pooling_default: bool
+    test: Split
+    train: Split | None
+    classes: list[str]
+    output: Path
+    declared: dict[str, int] | None = None
+    class_map: ClassMap | None = None
+    text: TextClassifier | None = None
+    selections: dict[str, np.ndarray] = field(default_factory=dict)  # evaluator -> test positions
+
+    @property
+    def root(self) -> Path | None:
+        return self.request.root
+
+    @property
+    def split(self) -> str:
+        return self.request.split
+
+    @property
+    def engine(self) -> EngineSpec:
+        return self.request.engine
+
+    @property
+    def seed(self) -> int:
+        return self.request.seed
+
+    @property
+    def eval_device(self) -> str | None:
+        return None if self.engine.device == "auto" else self.engine.device
+
+    @property
+    def feature_files(self) -> bool:
+        return self.model is None
+
+    def annotation_policy(self) -> dict:
+        import inspect
+
+        from .data.pib import load_pib_data
+
+        if "on_bad_annotation" in inspect.signature(load_pib_data).parameters:
+            return {"on_bad_annotation": self.request.on_bad_annotation}
+        return {}
+
+    def labels(self, split: Split) -> np.ndarray:
+        idx = {c: i for i, c in enumerate(self.classes)}
+        return np.array([idx.get(n, -1) if n is not None else -1 for n in split.names], dtype=np.int64)
+
+    def uses(self, role: str) -> list[Evaluator]:
+        return [e for e in self.evaluators if role in e.splits]
+
+    def taps(self, role: str) -> frozenset[str]:
+        return frozenset(t for e in self.uses(role) for t in e.taps)
+
+    def test_positions(self) -> np.ndarray:
+        return np.unique(np.concatenate(list(self.selections.values()))) if self.selections else np.zeros(0, int)
+
+    def model_name(self) -> str:
+        if self.model is not None:
+            return self.model.name
+        meta = getattr(self.test.features, "meta", {}) or {}
+        return str(meta.get("model", {}).get("name") or Path(self.request.test_features or "features").name)
+
+
+def _run_dir(req: RunRequest, model_name: str) -> Path:
+    if req.output_dir is not None:
+        return Path(req.output_dir)
+    name = req.run_name
+    if name is None:
+        stem = re.sub(r"\.(pth|pt|safetensors|bin|npz)$", "", Path(model_name).name)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = "-".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", p) for p in ("-".join(req.evaluators), stem, stamp))
+    return Path("results") / name
+
+
+def _check_output_path(path: Path) -> None:
+    """Cheap: the output folder is not a file and does not lie under a file (claimed for real later)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{p}: output folder is a file")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{p}: output folder lies under {parent}, which is a file")
+            break
+
+
+def _images_split(req: RunRequest, role: str, need_labels: bool) -> Split:
+    from .data.images import index_images
+    from .data.recognition import few_shot, from_imagenet, load_labeled
+
+    given = req.test if role == "test" else req.train
+    if given is not None:
+        data = load_labeled(given)
+    else:
+        if req.root is None:
+            raise InputError(f"give --imagenet-root or --{role}" + (" (a training set for k-NN / linear probe)"
+                                                                   if role == "train" else ""))
+        split = req.split if role == "test" else "train"
+        if role == "train" and not (Path(req.root) / "train").is_dir():
+            raise InputError(f"{req.root}: no train/ folder; k-NN and the linear probe need a training set "
+                             "(--train, or train/ under --imagenet-root)")
+        try:
+            data = from_imagenet(req.root, split)
+        except InputError:
+            if need_labels or role == "train":
+                raise
+            unreadable: list = []
+            records = index_images(req.root, split)
+            return Split(role, [r.image_id for r in records], [None] * len(records), f"{req.root}/{split}",
+                         paths=[r.path for r in records], unreadable=unreadable)
+    if role == "train" and req.train_per_class:
+        data = few_shot(data, req.train_per_class, req.seed)
+    return Split(role, list(data.ids), list(data.names), data.source, paths=list(data.paths),
+                 unreadable=list(getattr(data, "unreadable", [])))
+
+
+def _file_split(path: Path, role: str) -> Split:
+    from .features_io import load_features
+
+    fs = load_features(path)
+    names = [fs.classes[i] if fs.classes and 0 <= i < len(fs.classes) else (str(i) if i >= 0 else None)
+             for i in fs.labels.tolist()]
+    return Split(role, list(fs.image_ids), names, str(path), features=fs)
+
+
+def _class_list(names: list[str | None]) -> list[str]:
+    known = {n for n in names if n is not None}
+    if known and all(n.lstrip("-").isdigit() for n in known):
+        return [str(i) for i in sorted(int(n) for n in known)]
+    return sorted(known)
+
+
+def _default_poolings(req: RunRequest, model: LoadedModel | None, test: Split) -> tuple[tuple[PoolingSpec, ...], bool]:
+    if req.poolings:
+        return req.poolings, False
+    if model is None:
+        meta = getattr(test.features, "meta", {}) or {}
+        specs = [PoolingSpec(**{k: v for k, v in d.items() if k in ("kind", "topk", "sigma", "formula", "eps")})
+                 for d in meta.get("poolings", {}).values()]
+        if not specs:
+            raise InputError(f"{test.source}: records no poolings; pass -p")
+        return tuple(specs), True
+    hub = str(req.checkpoint).startswith(HUB_PREFIXES)
+    return ((PoolingSpec("cls"),) if hub else (PoolingSpec("last", topk=1),)), True
+
+
+def _check_poolings(poolings, model: LoadedModel | None, test: Split) -> None:
+    if model is not None:
+        n_patches = model.arch.grid[0] * model.arch.grid[1]
+        for p in poolings:
+            if p.kind == "last" and p.topk > n_patches:
+                raise InputError(f"pooling {p.name}: k={p.topk} exceeds the {n_patches} patches of {model.name} "
+                                 "(LAST would silently become GAP)")
+            if p.kind == "cls" and model.backbone.num_prefix_tokens < 1:
+                raise InputError(f"pooling cls: {model.name} has no class token; use gap or last")
+        return
+    arrays = getattr(test.features, "arrays", {})
+    have = sorted({k.split("/", 1)[1] for k in arrays if "/" in k})
+    missing = [p.name for p in poolings if p.name not in have]
+    if missing:
+        raise InputError(f"{test.source}: no features for pooling {', '.join(missing)} (has: {', '.join(have)})")
+
+
+def build_plan(req: RunRequest) -> Plan:
+    """Everything checkable without a forward pass; raises InputError (one line) on the first problem."""
+    if not req.evaluators:
+        raise InputError("--evaluators: give at least one evaluator")
+    evaluators = []
+    for name in req.evaluators:
+        cls = get_evaluator(name)
+        evaluators.append(cls(req.options.get(cls.name)))
+    if req.limit is not None and req.limit < 1:
+        raise InputError(f"--limit {req.limit}: must be a positive number of images")
+    if req.train_per_class is not None and req.train_per_class < 1:
+        raise InputError(f"--train-per-class {req.train_per_class}: must be positive")
+    needs = {n for e in evaluators for n in e.needs}
+    wants_train = any("train" in e.splits for e in evaluators)
+    if req.output_dir is not None:
+        _check_output_path(req.output_dir)
+
+    features_mode = req.test_features is not None
+    if features_mode:
+        test = _file_split(req.test_features, "test")
+        train = _file_split(req.train_features, "train") if wants_train and req.train_features else None
+        if wants_train and train is None:
+            raise InputError("k-NN / linear probe on feature files need --train-features as well as --test-features")
+        model = None
+    else:
+        if req.train_features is not None:
+            raise InputError("--train-features goes with --test-features (feature files instead of a model)")
+        if not req.checkpoint:
+            raise InputError("give --checkpoint (with images) or --test-features")
+        if req.root is not None and not Path(req.root).is_dir():
+            raise InputError(f"{req.root}: dataset root is not a folder" if Path(req.root).exists()
+                             else f"{req.root}: dataset root does not exist")
+        test = _images_split(req, "test", "labels" in needs)
+        train = _images_split(req, "train", True) if wants_train else None
+        from .models import load_model
+
+        model = load_model(req.checkpoint, req.load)
+
+    classes = _class_list(train.names if train is not None else test.names)
+    if train is not None:
+        unknown = sorted({n for n in test.names if n is not None and n not in set(classes)})
+        if unknown:
+            raise InputError(f"{test.source}: classes not present in the training set: {', '.join(unknown[:5])}")
+    poolings, default = _default_poolings(req, model, test)
+    _check_poolings(poolings, model, test)
+    declared = declared_labels(req.root) if req.root is not None else None
+    if features_mode:
+        declared = (test.features.meta.get("dataset", {}) or {}).get("declared_labels") or None
+    plan = Plan(request=req, evaluators=evaluators, model=model, poolings=poolings, pooling_default=default,
+                test=test, train=train, classes=classes, output=Path("."), declared=declared)
+    plan.output = _run_dir(req, plan.model_name())
+    _check_output_path(plan.output)
+
+    if "labels" in needs and not any(n is not None for n in test.names):
+        raise InputError(f"{test.source}: no class labels (class folders, meta/{req.split}.txt or a labelled CSV)")
+    if "head" in needs:
+        plan.class_map = _head_map(plan)
+    if "text" in needs:
+        plan.text = _text_plan(plan)
+    for e in evaluators:
+        e.check(plan)
+    _select(plan)
+    return plan
+
+
+def _head_map(plan: Plan) -> ClassMap:
+    req = plan.request
+    if plan.model is not None:
+        outputs = plan.model.arch.num_classes
+        if outputs is None:
+            raise InputError(f"{plan.model.source}: classify needs a classification head and this checkpoint has "
+                             "none")
+        what = plan.model.source
+    else:
+        fs = plan.test.features
+        logits = [k for k in fs.arrays if k.startswith("logits/")]
+        if not logits:
+            raise InputError(f"{plan.test.source}: holds no logits (extract it from a checkpoint with a head)")
+        outputs = int(fs.arrays[logits[0]].shape[1])
+        what = plan.test.source
+    return map_classes(plan.classes, outputs, what, req.class_map, plan.declared)
+
+
+def _text_plan(plan: Plan) -> TextClassifier:
+    from .models.clip_text import load_prompts
+
+    req = plan.request
+    if plan.model is None or getattr(plan.model.backbone, "clip", None) is None:
+        kind = "feature files" if plan.model is None else f"a {plan.model.arch.family} model"
+        raise InputError(f"{req.checkpoint or req.test_features}: zero-shot needs a CLIP checkpoint with a text "
+                         f"tower (family openclip); this is {kind}")
+    prompts = load_prompts(req.classnames, req.templates)
+    if req.classnames is None:
+        cmap = map_classes(plan.classes, len(prompts.classnames), f"{plan.test.source} (ImageNet-1k prompts)",
+                           req.class_map, plan.declared)
+    else:
+        if len(plan.classes) != len(prompts.classnames):
+            raise InputError(f"{req.classnames}: lists {len(prompts.classnames)} class names but the dataset has "
+                             f"{len(plan.classes)} classes ({plan.test.source})")
+        cmap = ClassMap(np.arange(len(plan.classes)), f"--classnames {req.classnames} in label order",
+                        len(plan.classes))
+    return TextClassifier(prompts=prompts, class_map=cmap)
+
+
+def _select(plan: Plan) -> None:
+    pos = {i: n for n, i in enumerate(plan.test.ids)}
+    labelled = np.array([n for n, name in enumerate(plan.test.names) if name is not None], dtype=np.int64)
+    everything = np.arange(plan.test.size)
+    for e in plan.evaluators:
+        ids = e.select(plan)
+        if ids is None:
+            chosen = labelled if "labels" in e.needs else everything
+        else:
+            missing = [i for i in ids if i not in pos]
+            if missing:
+                raise InputError(f"{e.name}: selects images that are not in {plan.test.source} (e.g. {missing[0]})")
+            chosen = np.array([pos[i] for i in ids], dtype=np.int64)
+        if plan.request.limit is not None:
+            chosen = chosen[: plan.request.limit]
+        if chosen.size == 0:
+            raise InputError(f"{e.name}: no image of {plan.test.source} to evaluate")
+        plan.selections[e.name] = chosen
+
+
+def describe(plan: Plan) -> dict:
+    """The plan as data (for --dry-run and plan.json), with what the feature store already holds."""
+    from .engine.extract import stored_counts
+    from .engine.taps import TapRequest
+
+    splits = {}
+    for role, split, positions in (("test", plan.test, plan.test_positions()),
+                                   ("train", plan.train, None if plan.train is None else np.arange(plan.train.size))):
+        if split is None or not plan.uses(role) and role == "train":
+            continue
+        entry = {"source": split.source, "images": int(len(positions)), "taps": sorted(plan.taps(role))}
+        if plan.model is not None and plan.request.store.enabled:
+            counts = stored_counts(plan.model, [split.paths[i] for i in positions],
+                                   TapRequest(plan.poolings, plan.taps(role)), plan.engine, plan.request.store)
+            entry.update(stored=counts["stored"], to_forward=counts["to_forward"], space=counts["space"])
+        elif plan.model is not None:
+            entry.update(stored=0, to_forward=int(len(positions)))
+        else:
+            entry.update(stored=int(len(positions)), to_forward=0, features_file=split.source)
+        splits[role] = entry
+    return {
+        "evaluators": [e.name for e in plan.evaluators],
+        "model": plan.model_name(),
+        "poolings": [p.name for p in plan.poolings],
+        "pooling_default": plan.pooling_default,
+        "splits": splits,
+        "forward_passes": int(sum(s.get("to_forward", 0) for s in splits.values())),
+        "output": str(plan.output),
+        "store": str(plan.request.store.root) if plan.request.store.enabled else None,
+        "class_map": plan.class_map.source if plan.class_map is not None else None,
+    }
