@@ -231,10 +231,24 @@ def _default_poolings(req: RunRequest, model: LoadedModel | None, test: Split) -
         specs = [PoolingSpec(**{k: v for k, v in d.items() if k in ("kind", "topk", "sigma", "formula", "eps")})
                  for d in meta.get("poolings", {}).values()]
         if not specs:
-            raise InputError(f"{test.source}: records no poolings; pass -p")
+            specs = [pooling_from_name(n, test.source) for n in
+                     sorted({k.split("/", 1)[1] for k in getattr(test.features, "arrays", {}) if "/" in k})]
+        if not specs:
+            raise InputError(f"{test.source}: holds no pooled features; pass -p")
         return tuple(specs), True
     hub = str(req.checkpoint).startswith(HUB_PREFIXES)
     return ((PoolingSpec("cls"),) if hub else (PoolingSpec("last", topk=1),)), True
+
+
+def pooling_from_name(name: str, source: str) -> PoolingSpec:
+    """The spec behind a stored pooling name (`cls`, `gap`, `last-k5`, `last-k1-s20-paper`)."""
+    if name in ("cls", "gap"):
+        return PoolingSpec(name)  # type: ignore[arg-type]
+    m = re.fullmatch(r"last-k(\d+)(?:-s([0-9.eE+-]+?))?(?:-(paper))?", name)
+    if not m:
+        raise InputError(f"{source}: cannot read pooling name {name!r}")
+    return PoolingSpec("last", topk=int(m.group(1)), sigma=float(m.group(2)) if m.group(2) else None,
+                       formula=m.group(3) or "code")
 
 
 def _check_poolings(poolings, model: LoadedModel | None, test: Split) -> None:

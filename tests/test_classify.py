@@ -29,7 +29,9 @@ def _logits():
 
 
 def test_registered():
-    assert get("classify").fn is classify.evaluate and get("classify").taps == ("logits",)
+    c = get("classify")
+    assert c is classify.Classify and c.taps == {"logits"} and c.needs == {"labels", "head"}
+    assert c.splits == ("test",) and c().metric_info("classify.top1").unit == "percent"
 
 
 def test_hand_computed():

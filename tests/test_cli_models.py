@@ -108,15 +108,16 @@ def test_zero_shot_cli(imagenet_root, clip_ckpt, tmp_path, monkeypatch):
             "-o", out, "--pooling", "cls", "--workers", 0, "--no-progress"]
     r = run(*args)
     assert r.exit_code == 0, r.output
+    out = out / "cls"
     rec = json.loads((out / "metrics.json").read_text())
     assert {"zero_shot.top1", "zero_shot.top4", "zero_shot.mean_per_class_recall"} <= set(rec["metrics"])
     info = rec["info"]["zero-shot"]
-    assert info["evaluated"] == 8 and info["classes"] == 4 and info["text_classifier"]["cache"] == "miss (written)"
+    assert info["images"] == 8 and info["classes"] == 4 and info["text_classifier"]["cache"] == "miss (written)"
     rows = pd.read_csv(out / "zero_shot_rows.csv")
     assert rows["top1"].mean() * 100 == pytest.approx(rec["metrics"]["zero_shot.top1"]["value"])
     assert rows["top4"].all()  # 4 classes: the label is always in the top 4
     r = run(*args[:-7], "-o", tmp_path / "zs2", "--pooling", "cls", "--workers", 0, "--no-progress")
-    assert json.loads((tmp_path / "zs2" / "metrics.json").read_text())["info"]["zero-shot"]["text_classifier"][
+    assert json.loads((tmp_path / "zs2" / "cls" / "metrics.json").read_text())["info"]["zero-shot"]["text_classifier"][
         "cache"] == "hit"
 
 
@@ -129,6 +130,7 @@ def test_zero_shot_default_imagenet_names(imagenet_root, clip_ckpt, tmp_path, mo
     r = run("zero-shot", "-c", clip_ckpt, "-r", imagenet_root, "--templates", templates, "-o", out, "--workers", 0,
             "--no-progress")
     assert r.exit_code == 0, r.output
+    out = out / "last-k1"
     rows = pd.read_csv(out / "zero_shot_rows.csv")
     assert sorted(set(rows["label"])) == [0, 1, 2, 3]  # n01440764.. are the first ImageNet synsets
     assert set(rows["class"]) == {"tench", "goldfish", "great white shark", "tiger shark"}

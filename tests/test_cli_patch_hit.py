@@ -22,6 +22,7 @@ def test_patch_hit_end_to_end(imagenet_root, detectron2_ckpt, tmp_path):
     r = run("patch-hit", "--checkpoint", detectron2_ckpt, "--imagenet-root", imagenet_root, "--output-dir", out,
             "--pooling", "last", "--workers", 0, "--batch-size", 3, "--no-progress")
     assert r.exit_code == 0, r.output
+    out = out / "last-k1"
     rec = json.loads((out / "metrics.json").read_text())
     info = rec["info"]["patch-hit"]
     # 8 images: one with two objects, one with a large box, one whose box misses the crop
@@ -48,12 +49,12 @@ def test_every_box_source_gives_the_same_rows(imagenet_root, detectron2_ckpt, tm
     r = run("patch-hit", "-c", detectron2_ckpt, "-r", imagenet_root, "--boxes", imagenet_root / source, "-o", out,
             "--pooling", "cls", "--workers", 0, "--no-progress")
     assert r.exit_code == 0, r.output
-    rows = pd.read_csv(out / "patch_hit_rows.csv")
+    rows = pd.read_csv(out / "cls" / "patch_hit_rows.csv")
     base = tmp_path / "base"
     if not base.exists():
         assert run("patch-hit", "-c", detectron2_ckpt, "-r", imagenet_root, "-o", base, "--pooling", "cls",
                    "--workers", 0, "--no-progress").exit_code == 0
-    pd.testing.assert_frame_equal(rows, pd.read_csv(base / "patch_hit_rows.csv"))
+    pd.testing.assert_frame_equal(rows, pd.read_csv(base / "cls" / "patch_hit_rows.csv"))
 
 
 def test_bf16_runs_and_records_dtype(imagenet_root, detectron2_ckpt, tmp_path):
@@ -61,7 +62,7 @@ def test_bf16_runs_and_records_dtype(imagenet_root, detectron2_ckpt, tmp_path):
     r = run("patch-hit", "-c", detectron2_ckpt, "-r", imagenet_root, "-o", out, "--dtype", "bf16", "--workers", 0,
             "--no-progress", "--any-objects", "--max-box-area", 1)
     assert r.exit_code == 0, r.output
-    rec = json.loads((out / "metrics.json").read_text())
+    rec = json.loads((out / "last-k1" / "metrics.json").read_text())
     assert rec["provenance"]["dtype"] == "bf16" and rec["info"]["patch-hit"]["evaluated"] == 7
 
 
@@ -72,10 +73,10 @@ def test_corrupt_jpeg_skip_and_fail(imagenet_root, detectron2_ckpt, tmp_path):
     out = tmp_path / "skip"
     r = run("patch-hit", "-c", detectron2_ckpt, "-r", imagenet_root, "-o", out, "--workers", 0, "--no-progress")
     assert r.exit_code == 0, r.output
-    rec = json.loads((out / "metrics.json").read_text())
+    rec = json.loads((out / "last-k1" / "metrics.json").read_text())
     info = rec["info"]["patch-hit"]
     assert info["evaluated"] == 4 and info["dropped"]["unreadable image"] == 1
-    assert info["skipped_images"] == [str(victim)]
+    assert info["extraction"]["test"]["skipped"] == [str(victim)]
     r = runner.invoke(app, ["patch-hit", "-c", str(detectron2_ckpt), "-r", str(imagenet_root), "-o",
                             str(tmp_path / "fail"), "--workers", "0", "--no-progress", "--on-bad-image", "fail"])
     assert r.exit_code == 2 and "img_0007.JPEG: unreadable image" in _err(r)
@@ -98,7 +99,7 @@ def test_bad_input_exits_2_with_one_line(imagenet_root, detectron2_ckpt, tmp_pat
     assert r.exit_code == 2, r.output
     err = _err(r)
     assert message in err and "Traceback" not in err
-    assert not (tmp_path / "o" / "metrics.json").exists()
+    assert not list((tmp_path / "o").rglob("metrics.json"))
 
 
 def test_all_filtered_out(imagenet_root, detectron2_ckpt, tmp_path):

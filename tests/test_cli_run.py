@@ -32,11 +32,13 @@ def test_run_all_evaluators_one_pass_per_split(with_train, detectron2_ckpt, tmp_
         calls.append((len(paths), sorted(request.taps)))
         return real(model, paths, request, engine, **kw)
 
-    monkeypatch.setattr("lastvit_eval.pipelines.run.extract", spy)
+    monkeypatch.setattr("lastvit_eval.pipeline.extract", spy)
     out = tmp_path / "run"
+    cmap = tmp_path / "map.txt"  # the tiny 10-way head: say which output each wnid is
+    cmap.write_text("".join(f"{w} {i + 3}\n" for i, w in enumerate(sorted(p.name for p in (with_train / "val").iterdir()))))
     r = runner.invoke(app, ["run", "-c", str(detectron2_ckpt), "-r", str(with_train), "-o", str(out),
                             "-e", "patch-hit,knn,linear-probe,classify", "-p", "last", "-p", "cls", "--ks", "1,3",
-                            "--workers", "0", "--no-progress"])
+                            "--class-map", str(cmap), "--workers", "0", "--no-progress"])
     assert r.exit_code == 0, r.output + (r.stderr or "")
     # one pass over val (all taps) and one over train (pooled), for both poolings together
     assert calls == [(8, ["logits", "patch_scores", "pooled"]), (40, ["pooled"])]
@@ -47,6 +49,9 @@ def test_run_all_evaluators_one_pass_per_split(with_train, detectron2_ckpt, tmp_
         assert rec["provenance"]["pooling"]["name"] == pooling
         assert rec["info"]["patch-hit"]["evaluated"] == 5
         assert len(pd.read_csv(out / pooling / "knn_rows.csv")) == 8
+        assert rec["info"]["classify"]["class_map"]["source"].startswith("--class-map")
+        assert set(pd.read_csv(out / pooling / "classify_rows.csv")["label"]) == {3, 4, 5, 6}
+        assert rec["metrics"]["patch_hit.fg_bg_gap"]["unit"] == "cosine"
 
 
 def test_patch_hit_in_run_equals_patch_hit_command(with_train, detectron2_ckpt, tmp_path):
@@ -55,7 +60,7 @@ def test_patch_hit_in_run_equals_patch_hit_command(with_train, detectron2_ckpt, 
                                "patch-hit", "-p", "cls", "--workers", "0", "--no-progress"]).exit_code == 0
     assert runner.invoke(app, ["patch-hit", "-c", str(detectron2_ckpt), "-r", str(with_train), "-o", str(b), "-p",
                                "cls", "--workers", "0", "--no-progress"]).exit_code == 0
-    ra, rb = pd.read_csv(a / "patch_hit_rows.csv"), pd.read_csv(b / "patch_hit_rows.csv")
+    ra, rb = pd.read_csv(a / "cls" / "patch_hit_rows.csv"), pd.read_csv(b / "cls" / "patch_hit_rows.csv")
     pd.testing.assert_frame_equal(ra, rb, check_exact=False, atol=1e-6)
 
 
@@ -83,8 +88,8 @@ def test_evaluators_on_feature_files_match_the_images_path(with_train, detectron
     r = runner.invoke(app, ["knn", "-c", str(detectron2_ckpt), "-r", str(with_train), "-p", "cls", "--ks", "1,3",
                             "-o", str(tmp_path / "from_images"), "--workers", "0", "--no-progress"])
     assert r.exit_code == 0
-    a = json.loads((tmp_path / "from_files" / "metrics.json").read_text())["metrics"]
-    b = json.loads((tmp_path / "from_images" / "metrics.json").read_text())["metrics"]
+    a = json.loads((tmp_path / "from_files" / "cls" / "metrics.json").read_text())["metrics"]
+    b = json.loads((tmp_path / "from_images" / "cls" / "metrics.json").read_text())["metrics"]
     assert {k: v["value"] for k, v in a.items()} == {k: v["value"] for k, v in b.items()}
     r = runner.invoke(app, ["knn", "--test-features", str(tmp_path / "val.npz")])
     assert r.exit_code == 2 and "--train-features" in (r.stderr or r.output)
@@ -95,7 +100,7 @@ def test_linear_probe_options_reach_the_probe(with_train, detectron2_ckpt, tmp_p
                             "-e", "linear-probe", "-p", "cls", "--weight-decays", "1e-2,1e-3", "--holdout-fraction",
                             "0.2", "--probe-precision", "fp32", "--workers", "0", "--no-progress"])
     assert r.exit_code == 0, r.output + (r.stderr or "")
-    info = json.loads((tmp_path / "a" / "metrics.json").read_text())["info"]["linear_probe"]
+    info = json.loads((tmp_path / "a" / "cls" / "metrics.json").read_text())["info"]["linear-probe"]
     assert [row["weight_decay"] for row in info["selection"]] == [1e-2, 1e-3]
     assert info["chosen_weight_decay"] in (1e-2, 1e-3)
     assert (info["precision"], info["holdout_fraction"], info["solver"]) == ("fp32", 0.2, "lbfgs")
@@ -107,18 +112,18 @@ def test_linear_probe_options_reach_the_probe(with_train, detectron2_ckpt, tmp_p
     r = runner.invoke(app, ["linear-probe", *files, "--solver", "adam", "--lrs", "1e-2", "--weight-decays", "0",
                             "-o", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output + (r.stderr or "")
-    info = json.loads((tmp_path / "b" / "metrics.json").read_text())["info"]["linear_probe"]
+    info = json.loads((tmp_path / "b" / "cls" / "metrics.json").read_text())["info"]["linear-probe"]
     assert (info["solver"], info["chosen_lr"], info["chosen_weight_decay"], info["n_candidates"]) == \
         ("adam", 1e-2, 0.0, 1)
 
 
 @pytest.mark.parametrize("args, message", [
     (["--weight-decays", "1e-3,abc"], "--weight-decays"),
-    (["--weight-decays", "-1"], "weight decays must be >= 0"),
+    (["--weight-decays", "-1"], "--weight-decays"),
     (["--solver", "sgd"], "--solver"),
     (["--probe-precision", "fp8"], "--probe-precision"),
-    (["--lrs", "1e-3"], "solver='adam' only"),
-    (["--holdout-fraction", "1.5"], "holdout_fraction"),
+    (["--lrs", "1e-3"], "--lrs applies to --solver adam only"),
+    (["--holdout-fraction", "1.5"], "--holdout-fraction"),
 ])
 def test_linear_probe_bad_options(args, message, tmp_path):
     import numpy as np

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from lastvit_eval.engine.cache import CacheSpec
 from lastvit_eval.engine.dataset import load_rgb
 from lastvit_eval.engine.device import EngineSpec
-from lastvit_eval.engine.extract import TapRequest, extract
+from lastvit_eval.engine.extract import extract
 from lastvit_eval.engine.gpu_decode import decode_batch
+from lastvit_eval.engine.store import StoreSpec
+from lastvit_eval.engine.taps import TapRequest
 from lastvit_eval.models import load_model
 from lastvit_eval.pooling import PoolingSpec
 
@@ -29,7 +30,7 @@ def test_cuda_matches_cpu(setup, tmp_path):
     model, paths = setup
     cpu = extract(model, paths, REQUEST, EngineSpec(device="cpu", workers=0), progress=False)
     gpu = extract(model, paths, REQUEST, EngineSpec(device="cuda", workers=0, channels_last=True), progress=False,
-                  cache=CacheSpec(dir=tmp_path / "c", shard_size=3))
+                  store=StoreSpec(dir=tmp_path / "c", shard_size=3))
     assert np.array_equal(cpu.index, gpu.index)
     for k in cpu.arrays:
         np.testing.assert_allclose(gpu.arrays[k], cpu.arrays[k], atol=1e-3, err_msg=k)
@@ -48,7 +49,7 @@ def test_gpu_decode_close_to_pil(setup, tmp_path):
     engine = EngineSpec(device="cuda", workers=0, decode="gpu")
     feats = extract(model, paths, REQUEST, engine, progress=False)
     parity = feats.engine_info["gpu_decode_parity"]
-    assert parity["images"] == len(paths) and 0 <= parity["patch_hit_argmax_agreement"] <= 1
+    assert parity["images"] == len(paths) and parity["patch_hit_argmax_agreement"] >= 0.75
     assert len(feats.index) == len(paths)
     cpu = extract(model, paths, REQUEST, dataclasses.replace(engine, decode="cpu"), progress=False)
     np.testing.assert_allclose(feats.arrays["pooled/last-k1"], cpu.arrays["pooled/last-k1"], atol=0.5)

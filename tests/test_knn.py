@@ -23,8 +23,8 @@ def _hand_set():
 
 
 def test_registered():
-    assert get("knn").fn is knn.evaluate
-    assert get("knn").taps == ("pooled",)
+    c = get("knn")
+    assert c is knn.Knn and c.taps == {"pooled"} and c.splits == ("train", "test")
 
 
 def test_hand_computed_votes_and_k_below_five():

@@ -30,7 +30,7 @@ def _sklearn_top1(xtr, ytr, xte, yte, C=1.0):
 
 
 def test_registered():
-    assert get("linear_probe").fn is linear_probe.evaluate
+    assert get("linear_probe") is get("linear-probe") is linear_probe.LinearProbe
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

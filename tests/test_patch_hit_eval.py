@@ -83,17 +83,17 @@ def test_patch_hit_with_coco_and_npy_masks(imagenet_root, detectron2_ckpt, tmp_p
                                 "-o", str(outs[name]), "--pooling", "cls", "--workers", "0", "--no-progress",
                                 "--any-objects", "--max-box-area", "1", "--hit-rule", "any"])
         assert r.exit_code == 0, r.output + (r.stderr or "")
-    a = pd.read_csv(outs["npy"] / "patch_hit_rows.csv")
+    a = pd.read_csv(outs["npy"] / "cls" / "patch_hit_rows.csv")
     assert len(a) == 7  # all but the image whose object is outside the crop
     # .npy masks hold the first box only; compare with a boxes run on the same images
     r = runner.invoke(app, ["patch-hit", "-c", str(detectron2_ckpt), "-r", str(imagenet_root), "-o",
                             str(tmp_path / "boxes"), "--pooling", "cls", "--workers", "0", "--no-progress"])
     assert r.exit_code == 0
-    b = pd.read_csv(tmp_path / "boxes" / "patch_hit_rows.csv")
+    b = pd.read_csv(tmp_path / "boxes" / "cls" / "patch_hit_rows.csv")
     merged = a.merge(b, on="image_id", suffixes=("_mask", "_box"))
     assert len(merged) == 5 and (merged["top1_mask"] == merged["top1_box"]).all()
-    rec = json.loads((outs["coco"] / "metrics.json").read_text())
-    assert rec["provenance"]["dataset"]["masks"] == str(coco)
+    rec = json.loads((outs["coco"] / "cls" / "metrics.json").read_text())
+    assert rec["info"]["patch-hit"]["boxes"] == str(coco)
     assert "patch_hit.fg_bg_gap" in rec["metrics"]
 
 

@@ -16,6 +16,7 @@ import lastvit_eval.engine.extract as ex
 from lastvit_eval.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
+COLUMN = "features/*/patch_scores~last-k1/*.json"  # one sidecar per finished shard of the requested tap
 
 # The child is the real CLI with a forward pass slowed down, so the kill lands between shards.
 SLOW_CLI = """
@@ -40,7 +41,7 @@ def test_resume_after_sigkill(imagenet_root, detectron2_ckpt, tmp_path, monkeypa
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while not list(cdir.glob("features/*/shard-*.json")):
+        while not list(cdir.glob(COLUMN)):
             assert child.poll() is None, "the child ended before writing a shard"
             assert time.monotonic() < deadline, "no shard written within 60 s"
             time.sleep(0.02)
@@ -48,8 +49,8 @@ def test_resume_after_sigkill(imagenet_root, detectron2_ckpt, tmp_path, monkeypa
     finally:
         child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
-    done_before = len(list(cdir.glob("features/*/shard-*.json")))
-    assert 1 <= done_before < 5 and not (tmp_path / "killed" / "metrics.json").exists()
+    done_before = len(list(cdir.glob(COLUMN)))
+    assert 1 <= done_before < 5 and not (tmp_path / "killed" / "last-k1" / "metrics.json").exists()
 
     seen: list[int] = []
     real = ex.forward_taps
@@ -65,8 +66,8 @@ def test_resume_after_sigkill(imagenet_root, detectron2_ckpt, tmp_path, monkeypa
     assert sum(seen) == 5 - done_before  # only the unfinished shards went through the model
     r = runner.invoke(app, [*args[:-2], "--no-cache", "-o", str(tmp_path / "fresh")], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    resumed, fresh = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("resumed", "fresh"))
+    resumed, fresh = (json.loads((tmp_path / d / "last-k1" / "metrics.json").read_text()) for d in ("resumed", "fresh"))
     assert resumed["metrics"] == fresh["metrics"]
-    assert resumed["info"]["patch-hit"]["cache"]["reused"] == done_before
-    rows = [(tmp_path / d / "patch_hit_rows.csv").read_text() for d in ("resumed", "fresh")]
+    assert resumed["info"]["patch-hit"]["extraction"]["test"]["store"]["images_reused"] == done_before
+    rows = [(tmp_path / d / "last-k1" / "patch_hit_rows.csv").read_text() for d in ("resumed", "fresh")]
     assert rows[0] == rows[1]

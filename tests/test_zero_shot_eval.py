@@ -35,7 +35,7 @@ def test_matches_sklearn():
     assert m.ci_low <= m.value <= m.ci_high
     assert 0 < res.metrics["zero_shot.top1"].value < 100  # the data is neither trivial nor hopeless
     assert res.rows["top1"].mean() * 100 == pytest.approx(res.metrics["zero_shot.top1"].value)
-    assert get("zero-shot").taps == ("embedding",)
+    assert get("zero-shot").taps == {"embedding"}
 
 
 def test_fewer_classes_than_top5():

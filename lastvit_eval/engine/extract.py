@@ -85,7 +85,7 @@ def extract(
     progress: bool = True,
     description: str = "forward",
     widen: bool = False,
-    forward_fn: ForwardFn = forward_taps,
+    forward_fn: ForwardFn | None = None,
 ) -> Features:
     t0 = time.perf_counter()
     paths = [Path(p) for p in paths]
@@ -103,7 +103,7 @@ def extract(
     report = {"space": space.key if space else None, "dir": str(space.dir) if space else None,
               "images_reused": 0, "images_computed": 0, "corrupt": []}
     stop = (lambda: distributed.abort_message(store.root)) if (use_store and d.world > 1) else None
-    runner = BatchRunner(model, compute_request, engine, forward_fn=forward_fn, should_stop=stop)
+    runner = BatchRunner(model, compute_request, engine, forward_fn=forward_fn or forward_taps, should_stop=stop)
     memory: dict[int, dict[str, np.ndarray]] = {}  # no store: computed rows kept here (position -> taps)
     bad: dict[int, str] = {}
 

@@ -390,6 +390,10 @@ class ProbeOptions:
             raise InputError(f"--weight-decays {self.weight_decays}: give finite values >= 0")
         if not 0 < self.holdout_fraction < 1:
             raise InputError(f"--holdout-fraction {self.holdout_fraction}: must be in (0, 1)")
+        from .logreg_lbfgs import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--probe-precision {self.precision!r}: use one of {', '.join(sorted(PRECISIONS))}")
         if self.lrs is not None and self.solver != "adam":
             raise InputError("--lrs applies to --solver adam only")
 
