@@ -360,3 +360,18 @@ def test_annotation_problem_does_not_touch_good_annotations():
 
     assert annotation_problem(Annotation([Box(0, 0, 120, 90)], size=(120, 90)), (120, 90)) is None
     assert annotation_problem(Annotation([Box(0.5, 0.5, 1, 1)]), (1, 1)) is None
+
+
+def test_unreadable_box_subfolder_is_an_error(imagenet_root, deny_unreadable):
+    """Without this, its images would read as 'no annotation'."""
+    sub = imagenet_root / "bbox" / "n1"
+    sub.mkdir()
+    (imagenet_root / "bbox" / "img_0001.xml").rename(sub / "img_0001.xml")
+    assert len(load_boxes(imagenet_root / "bbox")) == 8
+    sub.chmod(0)
+    try:
+        with pytest.raises(InputError) as e:
+            load_boxes(imagenet_root / "bbox")
+        assert _one_line(e).startswith(f"{sub}: cannot list folder")
+    finally:
+        sub.chmod(stat.S_IRWXU)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,8 +72,12 @@ def read_voc_xml(path: Path) -> Annotation:
     """One VOC/ImageNet XML. Coordinates are read as written (NaN/inf included): whether a box is valid
     for its image is decided once, against the image's real size, by `filters.annotation_problem`."""
     try:
-        tree = etree.parse(str(path))
-    except (etree.XMLSyntaxError, OSError) as e:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        tree = etree.ElementTree(etree.fromstring(data))
+    except etree.XMLSyntaxError as e:
         raise InputError(f"{path}: malformed XML ({e})") from None
     root = tree.getroot()
     ann = Annotation(source=str(path))
@@ -98,8 +103,15 @@ def read_voc_xml(path: Path) -> Annotation:
 
 
 def read_voc_dir(folder: Path, image_ids: list[str] | None = None) -> dict[str, Annotation]:
-    """One XML per image, named <image_id>.xml (searched recursively, e.g. val/<wnid>/<id>.xml)."""
-    files = {p.stem: p for p in sorted(folder.rglob("*.xml"))}
+    """One XML per image, named <image_id>.xml (searched recursively, e.g. val/<wnid>/<id>.xml).
+
+    A sub-folder that cannot be listed is an error: its images would otherwise read as 'no annotation'."""
+
+    def unreadable(e: OSError) -> None:
+        raise InputError(f"{e.filename}: cannot list folder ({e.strerror or e})")
+
+    files = {p.stem: p for p in sorted(Path(d) / f for d, _, names in os.walk(folder, onerror=unreadable)
+                                       for f in names if f.lower().endswith(".xml"))}
     if not files:
         raise InputError(f"{folder}: no .xml box files found")
     wanted = files.keys() if image_ids is None else [i for i in image_ids if i in files]
@@ -110,7 +122,7 @@ def read_loc_csv(path: Path) -> dict[str, Annotation]:
     """Kaggle LOC_val_solution.csv: ImageId, PredictionString = 'wnid x0 y0 x1 y1 wnid x0 ...'."""
     try:
         df = pd.read_csv(path, dtype=str)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: unreadable CSV ({e})") from None
     if not {"ImageId", "PredictionString"} <= set(df.columns):
         raise InputError(f"{path}: expected columns ImageId,PredictionString, found {list(df.columns)}")

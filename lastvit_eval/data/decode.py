@@ -6,6 +6,7 @@ out all white), so integer modes wider than 8 bits are scaled here: v -> round(v
 `convert("RGB")` and torchvision's `decode_image(mode=RGB)` do: a transparent pixel keeps the colour
 stored under it (for palette images, the palette entry). A float image (`F`) is read as [0, 1], the
 convention of torchvision's tensors; values outside that range (or NaN) are an error, never a guess.
+EXIF orientation is not applied, as in torchvision's ImageFolder loader: boxes refer to stored pixels.
 
 A file over PIL's pixel limit (`Image.MAX_IMAGE_PIXELS`) is a bad image whichever way PIL reports it:
 the DecompressionBombWarning (over the limit) is raised as a DecompressionBombError, like the error
