@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,16 +69,25 @@ def load_boxes(path: Path, image_ids: list[str] | None = None) -> dict[str, Anno
 
 
 def read_voc_xml(path: Path) -> Annotation:
+    """One VOC/ImageNet XML. Coordinates are read as written (NaN/inf included): whether a box is valid
+    for its image is decided once, against the image's real size, by `filters.annotation_problem`."""
     try:
-        tree = etree.parse(str(path))
-    except (etree.XMLSyntaxError, OSError) as e:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        tree = etree.ElementTree(etree.fromstring(data))
+    except etree.XMLSyntaxError as e:
         raise InputError(f"{path}: malformed XML ({e})") from None
     root = tree.getroot()
     ann = Annotation(source=str(path))
     w, h = root.findtext("size/width"), root.findtext("size/height")
     try:
         if w and h:
-            ann.size = (int(float(w)), int(float(h)))
+            fw, fh = float(w), float(h)
+            if not (fw.is_integer() and fh.is_integer()):
+                raise InputError(f"{path}: <size> must hold whole pixels, got {w.strip()}x{h.strip()}")
+            ann.size = (int(fw), int(fh))
         for obj in root.iter("object"):
             bb = obj.find("bndbox")
             if bb is None:
@@ -93,8 +103,15 @@ def read_voc_xml(path: Path) -> Annotation:
 
 
 def read_voc_dir(folder: Path, image_ids: list[str] | None = None) -> dict[str, Annotation]:
-    """One XML per image, named <image_id>.xml (searched recursively, e.g. val/<wnid>/<id>.xml)."""
-    files = {p.stem: p for p in sorted(folder.rglob("*.xml"))}
+    """One XML per image, named <image_id>.xml (searched recursively, e.g. val/<wnid>/<id>.xml).
+
+    A sub-folder that cannot be listed is an error: its images would otherwise read as 'no annotation'."""
+
+    def unreadable(e: OSError) -> None:
+        raise InputError(f"{e.filename}: cannot list folder ({e.strerror or e})")
+
+    files = {p.stem: p for p in sorted(Path(d) / f for d, _, names in os.walk(folder, onerror=unreadable)
+                                       for f in names if f.lower().endswith(".xml"))}
     if not files:
         raise InputError(f"{folder}: no .xml box files found")
     wanted = files.keys() if image_ids is None else [i for i in image_ids if i in files]
@@ -105,7 +122,7 @@ def read_loc_csv(path: Path) -> dict[str, Annotation]:
     """Kaggle LOC_val_solution.csv: ImageId, PredictionString = 'wnid x0 y0 x1 y1 wnid x0 ...'."""
     try:
         df = pd.read_csv(path, dtype=str)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: unreadable CSV ({e})") from None
     if not {"ImageId", "PredictionString"} <= set(df.columns):
         raise InputError(f"{path}: expected columns ImageId,PredictionString, found {list(df.columns)}")
@@ -125,23 +142,92 @@ def read_loc_csv(path: Path) -> dict[str, Annotation]:
     return out
 
 
-def read_coco(path: Path) -> dict[str, Annotation]:
-    """COCO instances json: bbox [x, y, w, h] -> (x, y, x + w, y + h); image id = file_name stem."""
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_coco(path: Path, d) -> None:
+    """The structure pycocotools assumes, checked first, so a wrong file is named with the missing key
+    instead of turning into 'no boxes' for every image or a KeyError deep in pycocotools."""
+    if not isinstance(d, dict):
+        raise InputError(f"{path}: not a COCO annotation file (top level is a {type(d).__name__}, not an object)")
+    for key in ("images", "annotations", "categories"):
+        if key not in d:
+            raise InputError(f"{path}: no {key!r} key (a COCO instances file has images, annotations, categories)")
+        if not isinstance(d[key], list):
+            raise InputError(f"{path}: {key!r} must be a list, got {type(d[key]).__name__}")
+    if not d["categories"]:
+        raise InputError(f"{path}: 'categories' is empty")
+    cat_ids = set()
+    for n, c in enumerate(d["categories"]):
+        if not isinstance(c, dict) or "id" not in c:
+            raise InputError(f"{path}: categories[{n}] has no 'id'")
+        cat_ids.add(c["id"])
+    image_ids, stems = set(), {}
+    for n, im in enumerate(d["images"]):
+        if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
+            raise InputError(f"{path}: images[{n}] needs 'id' and 'file_name'")
+        if im["id"] in image_ids:
+            raise InputError(f"{path}: image id {im['id']!r} appears twice in 'images'")
+        image_ids.add(im["id"])
+        stem = Path(str(im["file_name"])).stem
+        if stem in stems:
+            raise InputError(f"{path}: images {stems[stem]!r} and {im['file_name']!r} share the image id {stem!r}")
+        stems[stem] = im["file_name"]
+        for key in ("width", "height"):
+            if key in im and not (isinstance(im[key], int) and not isinstance(im[key], bool) and im[key] > 0):
+                raise InputError(f"{path}: images[{n}] ({im['file_name']}) has {key} {im[key]!r}, "
+                                 "not a positive integer")
+    ann_ids = set()
+    for n, a in enumerate(d["annotations"]):
+        where = f"annotations[{n}]" + (f" (id {a['id']})" if isinstance(a, dict) and "id" in a else "")
+        if not isinstance(a, dict):
+            raise InputError(f"{path}: {where} is not an object")
+        for key in ("id", "image_id", "category_id", "bbox"):
+            if key not in a:
+                raise InputError(f"{path}: {where} has no {key!r}")
+        if a["id"] in ann_ids:  # pycocotools would keep the last one under both
+            raise InputError(f"{path}: annotation id {a['id']!r} appears twice")
+        ann_ids.add(a["id"])
+        if a["category_id"] not in cat_ids:
+            raise InputError(f"{path}: {where} has category_id {a['category_id']!r}, not in 'categories'")
+        bbox = a["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)):
+            raise InputError(f"{path}: {where} has bbox {bbox!r}; expected [x, y, width, height]")
+
+
+def load_coco(path: Path):
+    """A checked pycocotools COCO index (its own json loader would print, and take any structure)."""
     from pycocotools.coco import COCO
 
+    path = Path(path)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco = COCO(str(path))
+        d = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: malformed COCO json ({e})") from None
-    except (KeyError, TypeError, AssertionError) as e:
-        raise InputError(f"{path}: not a COCO annotation file ({type(e).__name__}: {e})") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    _check_coco(path, d)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = d
+        coco.createIndex()
+    return coco
+
+
+def coco_size(img: dict) -> tuple[int, int] | None:
+    return (img["width"], img["height"]) if "width" in img and "height" in img else None
+
+
+def read_coco(path: Path) -> dict[str, Annotation]:
+    """COCO instances json: bbox [x, y, w, h] -> (x, y, x + w, y + h); image id = file_name stem."""
+    coco = load_coco(path)
     cats = {c["id"]: c.get("name") for c in coco.loadCats(coco.getCatIds())}
     out: dict[str, Annotation] = {}
     for img in coco.loadImgs(coco.getImgIds()):
-        ann = Annotation(size=(img.get("width"), img.get("height")) if "width" in img else None, source=str(path))
+        ann = Annotation(size=coco_size(img), source=f"{path} (image {img['file_name']})")
         for a in coco.loadAnns(coco.getAnnIds(imgIds=img["id"], iscrowd=None)):
             x, y, w, h = a["bbox"]
-            ann.boxes.append(Box(x, y, x + w, y + h, cats.get(a["category_id"])))
-        out[Path(img["file_name"]).stem] = ann
+            ann.boxes.append(Box(x, y, x + w, y + h, cats[a["category_id"]]))
+        out[Path(str(img["file_name"])).stem] = ann
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 
@@ -17,12 +18,44 @@ class FilterSpec:
         return asdict(self)
 
 
+# Reasons an annotation cannot be scored against its image (errors under on_bad_annotation="fail").
+SIZE_MISMATCH = "annotation size differs from image"
+NON_FINITE = "non-finite box coordinate (NaN or inf)"
+INVALID_BOX = "invalid box (zero area, inverted or negative)"
+OUTSIDE_IMAGE = "box outside the image"
+
+
+def annotation_problem(ann: Annotation, size: tuple[int, int]) -> tuple[str, str] | None:
+    """(reason, detail) when the annotation does not fit the (w, h) image, else None.
+
+    Boxes are pixel-edge coordinates [x0, x1) x [y0, y1) (geometry.py), so x1 == w still lies inside.
+    Checked before the paper's filter, so an invalid box never shows up under a misleading reason
+    (a box past the image edge as 'box area >= 25%', an inverted one as 'box outside the crop').
+    """
+    w, h = size
+    if ann.size is not None and tuple(ann.size) != (w, h):
+        return SIZE_MISMATCH, f"annotation size {ann.size[0]}x{ann.size[1]} differs from the image's {w}x{h}"
+    for i, b in enumerate(ann.boxes):
+        c = b.as_tuple()
+        desc = f"box {i} ({', '.join(f'{v:g}' for v in c)})"
+        if not all(math.isfinite(v) for v in c):
+            return NON_FINITE, f"{desc} has a non-finite coordinate"
+        if min(c) < 0 or b.x1 <= b.x0 or b.y1 <= b.y0:
+            return INVALID_BOX, f"{desc} has zero area, is inverted or has a negative coordinate"
+        if b.x1 > w or b.y1 > h:
+            return OUTSIDE_IMAGE, f"{desc} reaches outside the {w}x{h} image"
+    return None
+
+
 def drop_reason(ann: Annotation | None, size: tuple[int, int], spec: FilterSpec) -> str | None:
     """Why an image is dropped, or None when it is kept."""
     if ann is None:
         return "no annotation"
     if not ann.boxes:
         return "no boxes"
+    problem = annotation_problem(ann, size)
+    if problem is not None:
+        return problem[0]
     if spec.single_object and len(ann.boxes) != 1:
         return "not exactly one object"
     if spec.max_box_area is not None:

@@ -17,10 +17,17 @@ class Labels:
     source: str
 
 
+def _text(path: Path) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+
+
 def read_val_txt(path: Path) -> dict[str, int]:
     """ImageNet devkit style: `ILSVRC2012_val_00000001.JPEG 65` per line."""
     out: dict[str, int] = {}
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split()
@@ -32,7 +39,7 @@ def read_val_txt(path: Path) -> dict[str, int]:
 
 def read_classes_tsv(path: Path) -> list[str]:
     """meta/classes.tsv: `label<TAB>wnid[<TAB>name]` per line."""
-    rows = [ln.split("\t") for ln in path.read_text().splitlines() if ln.strip()]
+    rows = [ln.split("\t") for ln in _text(path).splitlines() if ln.strip()]
     try:
         rows.sort(key=lambda r: int(r[0]))
         return [r[1] for r in rows]
@@ -45,14 +52,17 @@ def class_names(root: Path) -> dict[str, str]:
     path = Path(root) / "meta" / "classes.tsv"
     if not path.exists():
         return {}
-    return {r[1]: r[2] for r in (ln.split("\t") for ln in path.read_text().splitlines()) if len(r) >= 3}
+    return {r[1]: r[2] for r in (ln.split("\t") for ln in _text(path).splitlines()) if len(r) >= 3}
 
 
 def resolve_labels(root: Path, records: list[ImageRecord], annotations: dict[str, Annotation] | None) -> Labels:
     root = Path(root)
     if all(r.wnid for r in records):
         train = root / "train"
-        wnids = sorted(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else []
+        try:
+            wnids = sorted(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else []
+        except OSError as e:
+            raise InputError(f"{train}: cannot list the class folders ({e.strerror or e})") from None
         classes = sorted(set(wnids) | {r.wnid for r in records})  # type: ignore[misc]
         idx = {w: i for i, w in enumerate(classes)}
         return Labels(classes, [idx[r.wnid] for r in records], "class folders (sorted wnids)")  # type: ignore[index]

@@ -6,9 +6,6 @@ A mask is pushed through the same resize + center crop as the pixels by torchvis
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +14,20 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import InputError
-from .boxes import Annotation, Box
+from .boxes import Annotation, Box, coco_size, load_coco
 
 
 class MaskSource:
-    """Masks by image id, plus boxes (for the filter and for drawing) from the same source."""
+    """Masks by image id, plus boxes (for the filter and for drawing) from the same source.
+
+    Each annotation carries the size its mask was drawn for (the COCO image entry, the .npy shape), so
+    `load_pib_data` compares it with the image before any mask is resized onto the wrong pixels.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._coco = None
-        self._ids: dict[str, int] = {}
+        self._images: dict[str, dict] = {}
         self._files: dict[str, Path] = {}
         if not self.path.exists():
             raise InputError(f"{self.path}: masks file or folder does not exist")
@@ -35,25 +36,24 @@ class MaskSource:
             if not self._files:
                 raise InputError(f"{self.path}: no .npy mask files found")
         elif self.path.suffix.lower() == ".json":
-            from pycocotools.coco import COCO
-
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):
-                    self._coco = COCO(str(self.path))
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AssertionError) as e:
-                raise InputError(f"{self.path}: not a readable COCO annotation file ({e})") from None
-            self._ids = {Path(im["file_name"]).stem: im["id"] for im in self._coco.loadImgs(self._coco.getImgIds())}
+            self._coco = load_coco(self.path)
+            self._images = {Path(str(im["file_name"])).stem: im for im in self._coco.loadImgs(self._coco.getImgIds())}
         else:
             raise InputError(f"{self.path}: masks must be a COCO .json or a folder of <image_id>.npy files")
+
+    def _anns(self, image_id: str) -> list[dict]:
+        coco = self._coco
+        return coco.loadAnns(coco.getAnnIds(imgIds=self._images[image_id]["id"], iscrowd=None))  # type: ignore[union-attr]
 
     def annotations(self, image_ids: list[str]) -> dict[str, Annotation]:
         out = {}
         for image_id in image_ids:
-            if self._coco is not None and image_id in self._ids:
-                anns = self._coco.loadAnns(self._coco.getAnnIds(imgIds=self._ids[image_id], iscrowd=None))
+            if self._coco is not None and image_id in self._images:
+                img = self._images[image_id]
                 boxes = [Box(a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3])
-                         for a in anns if a.get("segmentation")]
-                out[image_id] = Annotation(boxes=boxes, source=str(self.path))
+                         for a in self._anns(image_id) if a.get("segmentation")]
+                out[image_id] = Annotation(boxes=boxes, size=coco_size(img),
+                                           source=f"{self.path} (image {img['file_name']})")
             elif image_id in self._files:
                 m = self._load_npy(image_id)
                 ys, xs = np.nonzero(m)
@@ -62,23 +62,35 @@ class MaskSource:
         return out
 
     def _load_npy(self, image_id: str) -> np.ndarray:
+        """Non-zero = object. Floats must be finite (NaN would silently count as object)."""
         path = self._files[image_id]
         try:
             m = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, EOFError) as e:
             raise InputError(f"{path}: not a readable .npy mask ({e})") from None
         if m.ndim != 2:
             raise InputError(f"{path}: mask must be 2-D (H x W), got shape {m.shape}")
+        if m.dtype.kind not in "biuf":
+            raise InputError(f"{path}: mask must hold numbers or booleans, got dtype {m.dtype}")
+        if m.dtype.kind == "f" and not np.isfinite(m).all():
+            raise InputError(f"{path}: mask holds NaN or inf")
         return m.astype(bool)
 
     def mask(self, image_id: str, size: tuple[int, int]) -> np.ndarray:
         """Union of the image's object masks at the original resolution, bool [h, w]."""
         w, h = size
         if self._coco is not None:
+            img = self._images[image_id]
+            if coco_size(img) is None:
+                raise InputError(f"{self.path}: image {img['file_name']} needs width and height for its masks")
             m = np.zeros((h, w), dtype=bool)
-            for a in self._coco.loadAnns(self._coco.getAnnIds(imgIds=self._ids[image_id], iscrowd=None)):
+            for a in self._anns(image_id):
                 if a.get("segmentation"):
-                    am = self._coco.annToMask(a).astype(bool)
+                    try:
+                        am = self._coco.annToMask(a).astype(bool)
+                    except Exception as e:  # pycocotools raises bare Exception / TypeError for bad polygons or RLE
+                        raise InputError(f"{self.path}: annotation id {a['id']} ({img['file_name']}) has an "
+                                         f"unreadable segmentation ({type(e).__name__}: {e})") from None
                     if am.shape != (h, w):
                         raise InputError(f"{self.path}: mask of {image_id} is {am.shape[::-1]}, image is {(w, h)}")
                     m |= am

@@ -11,7 +11,8 @@ from PIL import Image
 from ..errors import InputError
 from ..geometry import HitRule, mask_patch_targets, patch_targets
 from .boxes import Annotation, find_boxes, load_boxes
-from .filters import FilterSpec, apply_filter
+from .decode import BAD_IMAGE_ERRORS, read_size
+from .filters import FilterSpec, annotation_problem, apply_filter
 from .images import ImageRecord, index_images
 from .labels import resolve_labels
 from .masks import MaskSource, mask_to_crop
@@ -36,16 +37,44 @@ class PibData:
         return None
 
 
+UNREADABLE_PATH = "unreadable file or folder"
+UNREADABLE_IMAGE = "unreadable image"
+TOO_LARGE = "image over PIL's pixel limit"
+_CHOICES = ("fail", "skip")
+
+
 def image_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as im:  # header only
-        return im.size
+    """(w, h) from the header only; a file over PIL's pixel limit raises DecompressionBombError."""
+    return read_size(path)
+
+
+def _choice(name: str, value: str) -> None:
+    if value not in _CHOICES:
+        raise InputError(f"{name} must be 'fail' or 'skip', got {value!r}")
 
 
 def load_pib_data(
     root: Path, boxes: Path | None, spec: FilterSpec, on_bad_image: str = "skip", split: str = "val",
-    masks: Path | None = None,
+    masks: Path | None = None, on_bad_annotation: str = "fail",
 ) -> PibData:
-    records = index_images(root, split)
+    """Images, their annotations and the paper's filter.
+
+    on_bad_image: unreadable files/folders and undecodable or oversized headers are an error ("fail") or
+    dropped with their reason ("skip"). on_bad_annotation: an annotation that does not fit its image
+    (size in the file differs from the image's, box outside the image, NaN, inverted or empty box) is
+    an error naming the annotation and image files ("fail") or drops that image with its reason ("skip").
+    """
+    _choice("on_bad_image", on_bad_image)
+    _choice("on_bad_annotation", on_bad_annotation)
+    dropped: dict[str, list[str]] = {}
+    unreadable: list[tuple[str, str]] = []
+    records = index_images(root, split, unreadable=unreadable)
+    if unreadable:
+        if on_bad_image == "fail":
+            path, why = unreadable[0]
+            raise InputError(f"{path}: {why} ({len(unreadable)} unreadable file(s) or folder(s) under {root}); "
+                             "use --on-bad-image skip to skip them")
+        dropped[UNREADABLE_PATH] = [p for p, _ in unreadable]
     mask_source = MaskSource(masks) if masks else None
     if mask_source is not None:
         box_path = Path(masks)  # type: ignore[arg-type]
@@ -55,16 +84,26 @@ def load_pib_data(
         annotations = load_boxes(box_path, [r.image_id for r in records])
     if not any(r.image_id in annotations for r in records):
         raise InputError(f"{box_path}: no boxes match any of the {len(records)} images under {root}")
-    dropped: dict[str, list[str]] = {}
     readable, sizes = [], []
     for r in records:
         try:
             sizes.append(image_size(r.path))
             readable.append(r)
-        except (OSError, SyntaxError, ValueError) as e:
+        except Image.DecompressionBombError as e:
             if on_bad_image == "fail":
-                raise InputError(f"{r.path}: unreadable image ({e}); use --on-bad-image skip to skip it") from None
-            dropped.setdefault("unreadable image", []).append(r.image_id)
+                raise InputError(f"{r.path}: {TOO_LARGE} ({e}); use --on-bad-image skip to skip it") from None
+            dropped.setdefault(TOO_LARGE, []).append(r.image_id)
+        except BAD_IMAGE_ERRORS as e:
+            if on_bad_image == "fail":
+                raise InputError(f"{r.path}: {UNREADABLE_IMAGE} ({e}); use --on-bad-image skip to skip it") from None
+            dropped.setdefault(UNREADABLE_IMAGE, []).append(r.image_id)
+    if on_bad_annotation == "fail":
+        for r, size in zip(readable, sizes, strict=True):
+            ann = annotations.get(r.image_id)
+            problem = None if ann is None else annotation_problem(ann, size)
+            if ann is not None and problem is not None:
+                raise InputError(f"{ann.source}: {problem[1]} ({r.path}); "
+                                 "use --on-bad-annotation skip to drop such images")
     kept_idx, filtered = apply_filter([r.image_id for r in readable], annotations, sizes, spec)
     dropped.update(filtered)
     kept = [readable[i] for i in kept_idx]

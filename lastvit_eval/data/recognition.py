@@ -6,14 +6,14 @@ test side is mapped through them; a test class unknown to training is an error, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from .images import IMAGE_SUFFIXES, index_images
+from .images import check_root, index_images, scan_images
 from .labels import read_classes_tsv, read_val_txt
 
 
@@ -23,6 +23,7 @@ class LabeledImages:
     ids: list[str]
     names: list[str]  # class name per image (wnid, folder name or CSV label)
     source: str
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) that could not be read
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -37,12 +38,15 @@ class LabeledImages:
 
     def subset(self, keep: np.ndarray) -> LabeledImages:
         return LabeledImages([self.paths[i] for i in keep], [self.ids[i] for i in keep],
-                             [self.names[i] for i in keep], self.source)
+                             [self.names[i] for i in keep], self.source, list(self.unreadable))
 
 
 def from_imagenet(root: Path, split: str) -> LabeledImages:
-    """`root/<split>/<wnid>/*.JPEG`, or a flat val folder labelled by meta/val.txt (+ meta/classes.tsv)."""
-    records = index_images(root, split)
+    """`root/<split>/<wnid>/*.JPEG`, or a flat val folder labelled by meta/val.txt (+ meta/classes.tsv).
+
+    Files and folders that could not be read are listed in `unreadable`, for the caller to report."""
+    unreadable: list[tuple[str, str]] = []
+    records = index_images(root, split, unreadable=unreadable)
     if all(r.wnid for r in records):
         names = [r.wnid for r in records]
     else:
@@ -58,19 +62,20 @@ def from_imagenet(root: Path, split: str) -> LabeledImages:
                 raise InputError(f"{val_txt}: no label for {r.relpath}")
             label = mapping[r.image_id]
             names.append(classes[label] if classes else str(label))
-    return LabeledImages([r.path for r in records], [r.image_id for r in records], names, f"{root}/{split}")
+    return LabeledImages([r.path for r in records], [r.image_id for r in records], names, f"{root}/{split}",
+                         unreadable)
 
 
 def from_folder(root: Path) -> LabeledImages:
-    """torchvision ImageFolder layout: root/<class>/<image>."""
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root}: image folder does not exist")
-    files = sorted(p for p in root.glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """torchvision ImageFolder layout: root/<class>/<image> (unreadable files and folders in `unreadable`)."""
+    root = check_root(root, "image folder")
+    unreadable: list[tuple[str, str]] = []
+    files = [p for p, folder in scan_images(root, unreadable) if folder is not None]
     if not files:
-        raise InputError(f"{root}: no images in <class>/<image> sub-folders")
+        more = f"; {len(unreadable)} could not be read, first {unreadable[0][0]}" if unreadable else ""
+        raise InputError(f"{root}: no images in <class>/<image> sub-folders{more}")
     return LabeledImages(files, [str(p.relative_to(root).with_suffix("")) for p in files],
-                         [p.parent.name for p in files], str(root))
+                         [p.parent.name for p in files], str(root), unreadable)
 
 
 def from_csv(path: Path) -> LabeledImages:

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..data.decode import load_rgb  # 16-bit/palette/CMYK -> RGB; a bomb is a bad image
 from ..data.transform import TransformSpec
 
 BAD_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, RuntimeError)
-
-
-def load_rgb(path: Path) -> Image.Image:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            im.load()  # decode now: truncated / corrupt files fail here, not later
-            return im.convert("RGB")
 
 
 class ImageDataset(Dataset):
