@@ -4,11 +4,32 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_vit
-from tiny_models import tiny_clip
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from torchvision.models import VisionTransformer
 
 from lastvit_eval.errors import InputError
 from lastvit_eval.models import load_model
+
+
+def standin_vit_b_16(seed: int = 0) -> VisionTransformer:
+    """vit_b_16's width, heads and patch (what the library config fixes), one block and 32 px to stay small."""
+    torch.manual_seed(seed)
+    return VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=12, hidden_dim=768, mlp_dim=64,
+                             num_classes=1000).eval()
+
+
+def standin_clip_b_16(seed: int = 0, quick_gelu: bool = False) -> CLIP:
+    """open_clip ViT-B-16's vision width / heads / patch, one block, a tiny text tower."""
+    torch.manual_seed(seed)
+    m = CLIP(32, vision_cfg=CLIPVisionCfg(layers=1, width=768, head_width=64, mlp_ratio=0.25, patch_size=16,
+                                          image_size=32),
+             text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=1),
+             quick_gelu=quick_gelu)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "ln_" in name or "proj" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return m.eval()
 
 
 @pytest.fixture
@@ -42,7 +63,7 @@ def test_torchvision_weights_from_the_torch_hub_cache(offline_empty_cache):
     """A file in torch.hub's cache is used as is; the transform comes from the weights enum."""
     ckpt = offline_empty_cache / "hub" / "checkpoints" / "vit_b_16-c867db91.pth"
     ckpt.parent.mkdir(parents=True)
-    torch.save(tiny_vit(num_classes=1000).state_dict(), ckpt)  # stands in for the real file (shapes inferred)
+    torch.save(standin_vit_b_16().state_dict(), ckpt)  # stands in for the real file (shapes inferred)
     loaded = load_model("torchvision:vit_b_16")
     assert loaded.arch.family == "torchvision" and loaded.source == "torchvision:vit_b_16"
     t = loaded.transform
@@ -57,7 +78,7 @@ def test_openclip_weights_from_the_hf_cache(offline_empty_cache):
     snap.mkdir(parents=True)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("abc123")
-    ref = tiny_clip(seed=7, quick_gelu=True)
+    ref = standin_clip_b_16(seed=7, quick_gelu=True)
     torch.save(ref.state_dict(), snap / "open_clip_pytorch_model.bin")
     loaded = load_model("openclip:ViT-B-16/openai")
     assert loaded.backbone.details["quick_gelu"] is True
