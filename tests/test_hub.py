@@ -86,3 +86,51 @@ def test_openclip_weights_from_the_hf_cache(offline_empty_cache):
     with torch.no_grad():
         emb = loaded.backbone.project(loaded.backbone.tokens(x)[:, 0])
         assert (emb - ref.encode_image(x)).abs().max() < 1e-4
+
+
+TIMM_NAME = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+
+
+def _timm_in_hf_cache(home, sd) -> None:
+    from safetensors.torch import save_file
+
+    repo = home / "hub" / f"models--timm--{TIMM_NAME}"
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(snap / "model.safetensors"))
+
+
+def test_timm_num_heads_checked_and_weights_finite(offline_empty_cache):
+    """timm: names build from timm's config: --num-heads may confirm it, never change it; NaN weights refused."""
+    import timm
+
+    from lastvit_eval.models import LoadOptions
+
+    torch.manual_seed(0)
+    ref = timm.create_model(TIMM_NAME, pretrained=False).eval()
+    _timm_in_hf_cache(offline_empty_cache, ref.state_dict())
+    name = f"timm:{TIMM_NAME}"
+    loaded = load_model(name)
+    assert (loaded.arch.heads, loaded.arch.heads_source) == (3, "library config")
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert (loaded.backbone.tokens(x) - ref.forward_features(x)).abs().max() < 1e-4
+    assert load_model(name, LoadOptions(num_heads=3)).arch.heads_source == "--num-heads"
+    with pytest.raises(InputError) as e:
+        load_model(name, LoadOptions(num_heads=4))
+    msg = str(e.value)
+    assert "--num-heads 4 contradicts timm's config" in msg and "(192, 3, 16, 16)" in msg and "\n" not in msg
+
+
+def test_timm_non_finite_weights(offline_empty_cache):
+    import timm
+
+    sd = timm.create_model(TIMM_NAME, pretrained=False).state_dict()
+    sd["blocks.1.attn.proj.weight"][0, 0] = float("nan")
+    _timm_in_hf_cache(offline_empty_cache, sd)
+    with pytest.raises(InputError) as e:
+        load_model(f"timm:{TIMM_NAME}")
+    msg = str(e.value)
+    assert msg.startswith(f"timm:{TIMM_NAME}: tensor 'blocks.1.attn.proj.weight'") and "1 NaN" in msg
