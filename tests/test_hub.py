@@ -69,6 +69,8 @@ def test_torchvision_weights_from_the_torch_hub_cache(offline_empty_cache):
     t = loaded.transform
     assert (t.resize, t.crop, t.interpolation) == (256, 224, "bilinear")
     assert loaded.sha256 and str(ckpt) in loaded.keys.steps[0]
+    assert (loaded.arch.heads, loaded.arch.heads_source, loaded.arch.config) == (12, "library config",
+                                                                                 "torchvision vit_b_16")
 
 
 def test_openclip_weights_from_the_hf_cache(offline_empty_cache):
@@ -82,6 +84,7 @@ def test_openclip_weights_from_the_hf_cache(offline_empty_cache):
     torch.save(ref.state_dict(), snap / "open_clip_pytorch_model.bin")
     loaded = load_model("openclip:ViT-B-16/openai")
     assert loaded.backbone.details["quick_gelu"] is True
+    assert (loaded.arch.heads, loaded.arch.heads_source) == (12, "library config")
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         emb = loaded.backbone.project(loaded.backbone.tokens(x)[:, 0])

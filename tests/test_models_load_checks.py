@@ -89,6 +89,18 @@ def test_half_precision_inf_in_safetensors(tmp_path):
     one_line(e, "dino.safetensors", "'pos_embed'", "0 NaN, 1 inf")
 
 
+def test_large_finite_half_weights_are_not_refused():
+    """The fast path sums each tensor; an fp16 sum that overflows must fall back to the exact test."""
+    from lastvit_eval.models.keys import check_finite
+
+    big = torch.full((1000,), 60000.0, dtype=torch.float16)
+    assert not torch.isfinite(big.sum())
+    check_finite({"w": big, "step": torch.tensor(3)}, "x.pth")  # no error
+    big[7] = float("-inf")
+    with pytest.raises(LoadError, match=r"x.pth: tensor 'w' \(1000,\) has non-finite values \(0 NaN, 1 inf"):
+        check_finite({"w": big}, "x.pth")
+
+
 def test_inspect_non_finite_exits_2(tmp_path):
     path = tmp_path / "nan.pth"
     torch.save(_poison(tv_vit().state_dict(), "conv_proj.weight", float("nan")), path)
