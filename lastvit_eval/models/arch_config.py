@@ -45,6 +45,8 @@ def _field(obj: Any, name: str) -> Any:
 
 def timm_hint(name: str, where: str, origin: str = "checkpoint config") -> ArchHint | None:
     """Build timm's model on the meta device (no memory, no download) and read its shape facts."""
+    if ":" in name:  # hf-hub:/local-dir: names would fetch or read a config elsewhere: not the file's own
+        return None
     try:
         import timm
 
