@@ -35,7 +35,7 @@ def dino_ckpt(tmp_path):
 def clip_ckpt(tmp_path):
     path = tmp_path / "epoch_10.pt"
     ref = tiny_clip(seed=3)
-    torch.save({"epoch": 10, "name": "run-model_ViT-B-16", "state_dict": {"module." + k: v for k, v in
+    torch.save({"epoch": 10, "name": "run-model_tiny-test", "state_dict": {"module." + k: v for k, v in
                                                                           ref.state_dict().items()}}, path)
     return path
 

@@ -20,14 +20,15 @@ DINO_HEAD = {"head.mlp.0.weight": torch.randn(16, 192), "head.mlp.0.bias": torch
              "head.last_layer.weight_g": torch.ones(32, 1), "head.last_layer.weight_v": torch.randn(32, 16)}
 
 
-def main_dino(teacher, student) -> dict:
+def main_dino(teacher, student, arch: str = "vit_tiny", patch_size: int = 8) -> dict:
+    """A main_dino checkpoint; `args` is DINO's pickled Namespace (its arch fixes width and heads)."""
     return {
         "teacher": {**{"backbone." + k: v for k, v in teacher.state_dict().items()}, **DINO_HEAD},
         "student": {**{"module.backbone." + k: v for k, v in student.state_dict().items()},
                     **{"module." + k: v for k, v in DINO_HEAD.items()}},
         "optimizer": {"state": {}, "param_groups": []},
         "epoch": 100,
-        "args": argparse.Namespace(arch="vit_small", patch_size=16, out_dim=65536),
+        "args": argparse.Namespace(arch=arch, patch_size=patch_size, out_dim=65536),
         "dino_loss": {"center": torch.zeros(1, 32)},
     }
 

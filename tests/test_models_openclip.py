@@ -43,8 +43,8 @@ def _check(loaded, ref, quick_gelu):
     assert (t.resize, t.crop, t.interpolation, t.mean[0]) == (32, 32, "bicubic", 0.48145466)
 
 
-@pytest.mark.parametrize(("name", "quick_gelu"), [("2024_01_01-model_ViT-B-16-lr_0.0005-b_256", False),
-                                                  ("2024_01_01-model_ViT-B-16-quickgelu-lr_0.0005", True)])
+@pytest.mark.parametrize(("name", "quick_gelu"), [("2024_01_01-model_tiny-lr_0.0005-b_256", False),
+                                                  ("2024_01_01-model_tiny-quickgelu-lr_0.0005", True)])
 def test_openclip_training_checkpoint(tmp_path, name, quick_gelu):
     ref = tiny_clip(seed=1, quick_gelu=quick_gelu)
     path = tmp_path / "epoch_32.pt"

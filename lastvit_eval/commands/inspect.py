@@ -9,7 +9,31 @@ import typer
 
 from ..app import app
 from ..models import LoadedModel, LoadOptions, load_model
+from ..models.base import ArchSpec, KeyReport, LoadError
 from . import options as o
+
+
+def _keys(k: KeyReport) -> dict:
+    return {
+        "format": k.format,
+        "key_mapping": list(k.steps),
+        "dropped": list(k.dropped),
+        "ignored": list(k.ignored),
+        "missing": list(k.missing),
+        "unexpected": list(k.unexpected),
+        "mismatched": list(k.mismatched),
+    }
+
+
+def describe_failure(source: str, err: LoadError) -> dict:
+    """What a failed load still knows (key report, inferred architecture), next to the error."""
+    info: dict = {"source": source, "error": str(err)}
+    if err.arch is not None:
+        info["family"] = err.arch.family
+        info["arch"] = err.arch.to_dict()
+    if err.keys is not None:
+        info.update(_keys(err.keys))
+    return info
 
 
 def describe(model: LoadedModel) -> dict:
@@ -27,6 +51,7 @@ def describe(model: LoadedModel) -> dict:
         "ignored": list(k.ignored),
         "missing": list(k.missing),
         "unexpected": list(k.unexpected),
+        "mismatched": list(k.mismatched),
         "transform": model.transform.to_dict(),
         "details": getattr(model.backbone, "details", {}),
     }
@@ -40,40 +65,76 @@ def inspect_cmd(
     trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None, num_heads: o.NumHeads = None,
     checkpoint_key: o.CheckpointKey = None, family: o.Family = None, quick_gelu: o.QuickGelu = None,
 ) -> None:
-    """Load a checkpoint strictly and report family, architecture, key mapping and preprocessing."""
+    """Load a checkpoint strictly and report family, architecture, key mapping and preprocessing.
+
+    A load that fails after the keys were mapped still prints what it found (missing / unexpected keys) before
+    the one-line error and exit code 2.
+    """
     load = LoadOptions(trust=trust_checkpoint, ignore_keys=tuple(ignore_keys or ()), num_heads=num_heads,
                        checkpoint_key=checkpoint_key, family=family, quick_gelu=quick_gelu)
-    model = load_model(checkpoint, load)
+    try:
+        model = load_model(checkpoint, load)
+    except LoadError as e:
+        info = describe_failure(checkpoint, e)
+        if as_json:
+            typer.echo(json.dumps(info, indent=2))
+        else:
+            _print_table(checkpoint, _key_rows(info, e.arch))
+        raise
     info = describe(model)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
-    from rich.table import Table
-
-    from ..report.console import console
-
     a = model.arch
     t = model.transform
-    table = Table(title=f"{model.name}", title_justify="left", show_header=False)
-    table.add_column("field")
-    table.add_column("value")
     rows = [
-        ("family", a.family),
-        ("architecture", f"{a.name}: {a.image_size}px, patch {a.patch_size}, width {a.width}, depth {a.depth}, "
-                         f"heads {a.heads}, mlp {a.mlp_dim}, prefix tokens {a.num_prefix_tokens}"),
+        *_key_rows(info, a)[:2],
         ("head", f"{a.num_classes} classes" if a.num_classes else "none"),
         ("projection", f"{a.embed_dim}-d" if a.embed_dim else "none"),
         ("parameters", f"{model.params:,}"),
-        ("format", info["format"]),
-        ("key mapping", "\n".join(info["key_mapping"]) or "none"),
-        ("dropped keys", _short(info["dropped"])),
-        ("ignored keys", _short(info["ignored"])),
-        ("missing / unexpected", f"{_short(info['missing'])} / {_short(info['unexpected'])}"),
+        *_key_rows(info, a)[2:],
         ("transform", f"resize {t.resize} {t.interpolation}, crop {t.crop}, mean {t.mean}, std {t.std}"),
         ("sha256", model.sha256 or "n/a"),
     ]
     for key, value in info["details"].items():
         rows.append((key, json.dumps(value)))
+    _print_table(model.name, rows)
+
+
+def _heads(a: ArchSpec) -> str:
+    where = f" ({a.heads_source}{': ' + a.config if a.config else ''})"
+    if a.heads_source == "assumed from width":
+        where = " (assumed from width: the file carries no config; pass --num-heads if it is non-standard)"
+    return f"{a.heads}{where}"
+
+
+def _key_rows(info: dict, a: ArchSpec | None) -> list[tuple[str, str]]:
+    rows = []
+    if a is not None:
+        rows += [("family", a.family),
+                 ("architecture", f"{a.name}: {a.image_size}px, patch {a.patch_size}, width {a.width}, depth "
+                                  f"{a.depth}, heads {_heads(a)}, mlp {a.mlp_dim}, prefix tokens {a.num_prefix_tokens}")]
+    if "format" in info:
+        rows += [
+            ("format", info["format"]),
+            ("key mapping", "\n".join(info["key_mapping"]) or "none"),
+            ("dropped keys", _short(info["dropped"])),
+            ("ignored keys", _short(info["ignored"])),
+            ("missing / unexpected", f"{_short(info['missing'])} / {_short(info['unexpected'])}"),
+        ]
+        if info["mismatched"]:
+            rows.append(("shape mismatches", _short(info["mismatched"], 3)))
+    return rows
+
+
+def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
+    from rich.table import Table
+
+    from ..report.console import console
+
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("field")
+    table.add_column("value")
     for r in rows:
         table.add_row(*r)
     console.print(table)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..data.transform import TransformSpec
+from ..errors import InputError
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class ArchSpec:
     num_prefix_tokens: int = 1
     num_classes: int | None = None  # None: no classification head
     embed_dim: int | None = None  # output width after a projection (CLIP), None when there is none
+    # Heads cannot be read from tensor shapes (qkv is [3D, D] for any head count), so say where they came from:
+    # "checkpoint config" | "library config" | "--num-heads" | "assumed from width"
+    heads_source: str = "assumed from width"
+    config: str | None = None  # the config the file (or hub name) carries, e.g. "args.arch='vit_small' (DINO)"
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -46,9 +51,20 @@ class KeyReport:
     ignored: list[str] = field(default_factory=list)  # keys removed by --ignore-keys
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)  # "key: checkpoint (a, b) vs architecture (c, d)"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class LoadError(InputError):
+    """A load that failed after the checkpoint was read: carries what was learned (key report, architecture)
+    so `inspect` can still show the missing / unexpected keys."""
+
+    def __init__(self, message: str, keys: KeyReport | None = None, arch: ArchSpec | None = None) -> None:
+        super().__init__(message)
+        self.keys = keys
+        self.arch = arch
 
 
 @dataclass

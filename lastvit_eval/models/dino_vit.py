@@ -16,10 +16,10 @@ from timm.models.vision_transformer import VisionTransformer
 
 from ..data.transform import dino_vit
 from ..errors import InputError
+from .arch_config import ArchHint, dino_or_timm_hint, resolve_heads
 from .base import ArchSpec, Backbone, KeyReport, LoadedModel, LoadOptions
 from .keys import (
     drop_keys,
-    heads_for_width,
     is_state_dict,
     select_prefix,
     strict_load,
@@ -91,7 +91,7 @@ def _square(n: int) -> int | None:
     return g if g * g == n else None
 
 
-def infer_arch(sd: dict, opts: LoadOptions, source: str) -> tuple[ArchSpec, dict]:
+def infer_arch(sd: dict, opts: LoadOptions, source: str, hint: ArchHint | None = None) -> tuple[ArchSpec, dict]:
     """ArchSpec plus the timm constructor kwargs, all from tensor shapes."""
     width, chans, patch, patch_w = sd["patch_embed.proj.weight"].shape
     if patch != patch_w:
@@ -114,7 +114,8 @@ def infer_arch(sd: dict, opts: LoadOptions, source: str) -> tuple[ArchSpec, dict
     num_classes = None
     if "head.weight" in sd and sd["head.weight"].ndim == 2 and sd["head.weight"].shape[1] == width:
         num_classes = int(sd["head.weight"].shape[0])
-    heads = heads_for_width(width, opts.num_heads, source)
+    shape = f"patch_embed.proj.weight {tuple(sd['patch_embed.proj.weight'].shape)}"
+    heads, heads_source, config = resolve_heads(width, shape, patch, opts.num_heads, hint, source)
     kwargs = dict(
         img_size=grid * patch,
         patch_size=patch,
@@ -140,6 +141,8 @@ def infer_arch(sd: dict, opts: LoadOptions, source: str) -> tuple[ArchSpec, dict
         mlp_dim=mlp_dim,
         num_prefix_tokens=1 + reg,
         num_classes=num_classes,
+        heads_source=heads_source,
+        config=config,
     )
     return arch, kwargs
 
@@ -163,7 +166,8 @@ class TimmBackbone(Backbone):
         return m.head(m.head_drop(m.fc_norm(pooled)))
 
 
-def load(raw, opts: LoadOptions, source: str, sha256: str | None) -> LoadedModel:
+def load(raw, opts: LoadOptions, source: str, sha256: str | None, hint: ArchHint | None = None) -> LoadedModel:
+    """`hint`: a config known from outside the file; else read from the file (DINO / timm `args`, `arch`)."""
     found = unwrap(raw, opts)
     if found is None:
         raise InputError(f"{source}: not a DINO ViT checkpoint (no {', '.join(REQUIRED)} after unwrapping)")
@@ -171,9 +175,9 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None) -> LoadedModel
     sd, ignored = drop_keys(sd, opts.ignore_keys)
     report.ignored = ignored
     sd = to_float32(sd)
-    arch, kwargs = infer_arch(sd, opts, source)
+    arch, kwargs = infer_arch(sd, opts, source, hint if hint is not None else dino_or_timm_hint(raw))
     model = VisionTransformer(**kwargs)
-    strict_load(model, sd, source)
+    strict_load(model, sd, source, report, arch)
     model.eval().requires_grad_(False)
     return LoadedModel(
         backbone=TimmBackbone(model),

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 from ..data.transform import TransformSpec
 from ..errors import InputError
+from .arch_config import openclip_hint, torchvision_hint
 from .base import LoadedModel, LoadOptions
 from .checkpoint import read_checkpoint, sha256_file
 
@@ -100,7 +101,8 @@ def _torchvision(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
         except Exception as e:  # noqa: BLE001 - any download failure is the same user-facing problem
             raise _missing(name, path.name, f"{type(e).__name__}: {e}") from None
     raw = read_checkpoint(path, trust=opts.trust)
-    model = torchvision_vit.load(raw, opts, name, sha256_file(path))
+    hint = torchvision_hint(arch, f"torchvision {arch}", origin="library config")
+    model = torchvision_vit.load(raw, opts, name, sha256_file(path), hint=hint)
     t = weights.transforms()
     spec = TransformSpec(resize=int(t.resize_size[0]), crop=int(t.crop_size[0]), interpolation=t.interpolation.value,
                          mean=tuple(t.mean), std=tuple(t.std))
@@ -114,7 +116,9 @@ def _timm(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
 
     from .base import ArchSpec, KeyReport
     from .dino_vit import TimmBackbone
+    from .keys import check_finite
 
+    _refuse_for_timm(name, opts)
     try:
         cfg = get_pretrained_cfg(rest)
     except Exception:  # noqa: BLE001 - timm raises different errors for malformed names
@@ -140,6 +144,9 @@ def _timm(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001
+        if path is not None:  # the file is there: timm could not load it, which is not a download problem
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise InputError(f"{name}: timm could not load {path} ({type(e).__name__}: {first})") from None
         raise _missing(name, cfg.hf_hub_id or cfg.url or rest, f"{type(e).__name__}: {e}") from None
     from timm.models.vision_transformer import VisionTransformer
 
@@ -154,14 +161,37 @@ def _timm(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
     grid = pe.grid_size[0]
     patch = pe.patch_size[0]
     blk = model.blocks[0]
+    heads = int(blk.attn.num_heads)
+    if opts.num_heads is not None and opts.num_heads != heads:
+        raise InputError(f"{name}: --num-heads {opts.num_heads} contradicts timm's config for {rest!r} ({heads} heads "
+                         f"of width {model.embed_dim // heads}; patch_embed.proj.weight "
+                         f"{tuple(pe.proj.weight.shape)}); drop --num-heads")
     arch = ArchSpec(family="timm", name=rest, image_size=grid * patch, patch_size=patch, width=model.embed_dim,
-                    depth=len(model.blocks), heads=blk.attn.num_heads, mlp_dim=blk.mlp.fc1.out_features,
+                    depth=len(model.blocks), heads=heads, mlp_dim=blk.mlp.fc1.out_features,
                     num_prefix_tokens=int(model.num_prefix_tokens),
-                    num_classes=model.num_classes or None)
+                    num_classes=model.num_classes or None,
+                    heads_source="--num-heads" if opts.num_heads is not None else "library config",
+                    config=f"timm {rest}")
     report = KeyReport(format="timm pretrained", steps=[f"timm.create_model({rest!r}, pretrained=True) from {path}"])
+    check_finite(model.state_dict(), name, report, arch)
     return LoadedModel(backbone=TimmBackbone(model), arch=arch, transform=transform, keys=report, source=name,
                        sha256=sha256_file(path) if path is not None else None,
                        params=sum(p.numel() for p in model.parameters()))
+
+
+def _refuse_for_timm(name: str, opts: LoadOptions) -> None:
+    """timm loads its own weights (always weights_only, strict, its own key filter): options that change how a
+    file is read would be silently ignored, so they are refused; --num-heads is checked against timm's config."""
+    if opts.ignore_keys:
+        raise InputError(f"{name}: --ignore-keys does not apply to timm: names (timm loads its weights strictly "
+                         "with its own key filter); pass the weights file with --checkpoint PATH to drop keys")
+    if opts.trust:
+        raise InputError(f"{name}: --trust-checkpoint does not apply to timm: names (timm only loads plain "
+                         "weights, never pickled objects); drop the flag")
+    for flag, value in (("--checkpoint-key", opts.checkpoint_key), ("--family", opts.family),
+                        ("--quick-gelu/--no-quick-gelu", opts.quick_gelu)):
+        if value is not None:
+            raise InputError(f"{name}: {flag} does not apply to timm: names (timm's config decides); drop it")
 
 
 def _openclip(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
@@ -194,7 +224,8 @@ def _openclip(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
     raw = read_checkpoint(path, trust=opts.trust)
     if opts.quick_gelu is None:
         opts = dataclasses.replace(opts, quick_gelu=bool(cfg.get("quick_gelu", False)))
-    model = openclip_vit.load(raw, opts, name, sha256_file(path))
+    hint = openclip_hint(arch, f"open_clip {arch}", origin="library config")
+    model = openclip_vit.load(raw, opts, name, sha256_file(path), hint=hint)
     model.keys.steps.insert(0, f"open_clip pretrained {arch}/{tag} from {path}")
     t = model.transform
     spec = dataclasses.replace(t, mean=tuple(cfg.get("mean", t.mean)), std=tuple(cfg.get("std", t.std)),

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 
 import torch
 
-from ..errors import InputError
+from .arch_config import STANDARD_HEADS, resolve_heads  # noqa: F401  (STANDARD_HEADS: re-exported)
+from .base import ArchSpec, KeyReport, LoadError
 
 
 def is_state_dict(obj) -> bool:
@@ -60,42 +61,50 @@ def to_float32(sd: dict) -> dict:
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 
-def strict_load(module: torch.nn.Module, sd: dict, source: str) -> tuple[list[str], list[str]]:
-    """Load with every key accounted for: shape mismatches, missing and unexpected keys are errors."""
-    own = module.state_dict()
+def check_finite(sd: dict, source: str, report: KeyReport | None = None, arch: ArchSpec | None = None) -> None:
+    """NaN / inf weights give plausible-looking metrics downstream, so they are a load error here."""
     for k, v in sd.items():
-        if k in own and own[k].shape != v.shape:
-            raise InputError(
-                f"{source}: tensor {k!r} has shape {tuple(v.shape)}, the architecture inferred from the "
-                f"checkpoint expects {tuple(own[k].shape)}"
-            )
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
+        if not (v.is_floating_point() or v.is_complex()) or bool(torch.isfinite(v.sum()).all()):
+            continue  # a sum is non-finite if any element is (or on overflow: then the exact test below decides)
+        if not bool(torch.isfinite(v).all()):
+            nan, inf = int(torch.isnan(v).sum()), int(torch.isinf(v).sum())
+            raise LoadError(f"{source}: tensor {k!r} {tuple(v.shape)} has non-finite values ({nan} NaN, {inf} inf "
+                            f"of {v.numel()}); the checkpoint is corrupt", keys=report, arch=arch)
+
+
+def strict_load(module: torch.nn.Module, sd: dict, source: str, report: KeyReport | None = None,
+                arch: ArchSpec | None = None) -> tuple[list[str], list[str]]:
+    """Load with every key accounted for: shape mismatches, missing and unexpected keys are errors.
+
+    The missing / unexpected / mismatched keys go into `report` before any error, so a failed load can
+    still be shown (`inspect`); non-finite weights are refused before they reach the module.
+    """
+    report = report if report is not None else KeyReport(format="state_dict")
+    own = module.state_dict()
+    report.mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs architecture {tuple(own[k].shape)}"
+                         for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    report.missing = sorted(set(own) - set(sd))
+    report.unexpected = sorted(set(sd) - set(own))
+    if report.mismatched:
+        first = next(k for k, v in sd.items() if k in own and own[k].shape != v.shape)
+        raise LoadError(
+            f"{source}: tensor {first!r} has shape {tuple(sd[first].shape)}, the architecture inferred from the "
+            f"checkpoint expects {tuple(own[first].shape)}", keys=report, arch=arch)
+    missing, unexpected = report.missing, report.unexpected
     if missing or unexpected:
         parts = []
         if missing:
             parts.append(f"missing keys: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
         if unexpected:
             parts.append(f"unexpected keys: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
-        raise InputError(
+        raise LoadError(
             f"{source}: checkpoint does not match the architecture ({'; '.join(parts)}); "
-            "use --ignore-keys PREFIX to drop keys on purpose"
-        )
+            "use --ignore-keys PREFIX to drop keys on purpose", keys=report, arch=arch)
+    check_finite(sd, source, report, arch)
     module.load_state_dict(sd, strict=True)
     return missing, unexpected
 
 
-# Heads by width, as in the standard ViT table (Ti, S, B, L, H, g/G).
-STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16, 1536: 24, 1664: 16}
-
-
 def heads_for_width(width: int, override: int | None, source: str) -> int:
-    if override is not None:
-        if width % override:
-            raise InputError(f"{source}: width {width} is not divisible by --num-heads {override}")
-        return override
-    if width not in STANDARD_HEADS:
-        raise InputError(
-            f"{source}: width {width} is not in the standard ViT table {sorted(STANDARD_HEADS)}; pass --num-heads"
-        )
-    return STANDARD_HEADS[width]
+    """Heads with no config to check against (kept for callers outside the adapters)."""
+    return resolve_heads(width, f"width {width}", 0, override, None, source)[0]

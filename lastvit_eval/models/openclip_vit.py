@@ -23,10 +23,10 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
 from ..data.transform import clip_vit
 from ..errors import InputError
+from .arch_config import ArchHint, openclip_run_hint, resolve_heads
 from .base import ArchSpec, Backbone, KeyReport, LoadedModel, LoadOptions
 from .keys import (
     drop_keys,
-    heads_for_width,
     is_state_dict,
     strict_load,
     strip_if_all,
@@ -102,8 +102,12 @@ def _need(sd: dict, key: str, source: str) -> torch.Tensor:
     return sd[key]
 
 
-def infer_config(sd: dict, opts: LoadOptions, source: str) -> tuple[int, CLIPVisionCfg, CLIPTextCfg, dict]:
-    """embed_dim, vision/text configs and CLIP kwargs, from shapes (ViT towers only)."""
+def infer_config(sd: dict, opts: LoadOptions, source: str,
+                 hint: ArchHint | None = None) -> tuple[int, CLIPVisionCfg, CLIPTextCfg, dict]:
+    """embed_dim, vision/text configs and CLIP kwargs, from shapes (ViT towers only).
+
+    kwargs carries `heads_source` / `config` (popped by `load`) so the ArchSpec can say where heads came from.
+    """
     if any(k.startswith("visual.layer1.") for k in sd):
         raise InputError(f"{source}: ResNet CLIP towers are not supported (ViT only)")
     if any(k.startswith("visual.attn_pool") for k in sd):
@@ -118,7 +122,8 @@ def infer_config(sd: dict, opts: LoadOptions, source: str) -> tuple[int, CLIPVis
     if layers == 0:
         raise InputError(f"{source}: no visual.transformer.resblocks.N tensors found")
     mlp = _need(sd, "visual.transformer.resblocks.0.mlp.c_fc.weight", source).shape[0]
-    heads = heads_for_width(width, opts.num_heads, source)
+    heads, heads_source, config = resolve_heads(width, f"visual.conv1.weight {tuple(conv.shape)}", patch,
+                                                opts.num_heads, hint, source)
     embed_dim = _need(sd, "visual.proj", source).shape[1]
     vision = CLIPVisionCfg(
         layers=layers,
@@ -147,6 +152,8 @@ def infer_config(sd: dict, opts: LoadOptions, source: str) -> tuple[int, CLIPVis
     kwargs = {
         "init_logit_bias": 0.0 if "logit_bias" in sd else None,
         "nonscalar_logit_scale": scale is not None and scale.ndim > 0,
+        "heads_source": heads_source,
+        "config": config,
     }
     return int(embed_dim), vision, text, kwargs
 
@@ -169,7 +176,8 @@ class OpenCLIPBackbone(Backbone):
         return pooled if proj is None else pooled @ proj.to(pooled.dtype)
 
 
-def load(raw, opts: LoadOptions, source: str, sha256: str | None) -> LoadedModel:
+def load(raw, opts: LoadOptions, source: str, sha256: str | None, hint: ArchHint | None = None) -> LoadedModel:
+    """`hint`: a config known from outside the file (a hub name); else the training run name, if any."""
     found = unwrap(raw, opts)
     if found is None:
         raise InputError(f"{source}: not a CLIP checkpoint (no visual.conv1.weight after unwrapping)")
@@ -177,12 +185,12 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None) -> LoadedModel
     sd, ignored = drop_keys(sd, opts.ignore_keys)
     report.ignored = ignored
     sd = to_float32(sd)
-    embed_dim, vision, text, kwargs = infer_config(sd, opts, source)
+    embed_dim, vision, text, kwargs = infer_config(
+        sd, opts, source, hint if hint is not None else openclip_run_hint(hints.get("training_name")))
+    heads_source, config = kwargs.pop("heads_source"), kwargs.pop("config")
     quick_gelu, why = quick_gelu_rule(opts, hints)
     report.steps.append(f"activation: {'QuickGELU' if quick_gelu else 'GELU'} ({why})")
     model = CLIP(embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=quick_gelu, **kwargs)
-    strict_load(model, sd, source)
-    model.eval().requires_grad_(False)
     arch = ArchSpec(
         family=FAMILY,
         name=f"ViT-{SIZE_NAMES.get(vision.width, f'w{vision.width}')}-{vision.patch_size}",
@@ -195,7 +203,11 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None) -> LoadedModel
         num_prefix_tokens=1,
         num_classes=None,
         embed_dim=embed_dim,
+        heads_source=heads_source,
+        config=config,
     )
+    strict_load(model, sd, source, report, arch)
+    model.eval().requires_grad_(False)
     details = {
         "quick_gelu": quick_gelu,
         "text": {"width": text.width, "layers": text.layers, "heads": text.heads,

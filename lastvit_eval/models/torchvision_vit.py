@@ -10,10 +10,10 @@ from torchvision.models import VisionTransformer
 
 from ..data.transform import torchvision_vit
 from ..errors import InputError
+from .arch_config import ArchHint, resolve_heads, torchvision_ref_hint
 from .base import ArchSpec, Backbone, KeyReport, LoadedModel, LoadOptions
 from .keys import (
     drop_keys,
-    heads_for_width,
     is_state_dict,
     strict_load,
     strip_if_all,
@@ -50,7 +50,7 @@ def detect(raw) -> bool:
     return unwrap(raw) is not None
 
 
-def infer_arch(sd: dict, opts: LoadOptions, source: str) -> ArchSpec:
+def infer_arch(sd: dict, opts: LoadOptions, source: str, hint: ArchHint | None = None) -> ArchSpec:
     width, _, patch, patch_w = sd["conv_proj.weight"].shape
     if patch != patch_w:
         raise InputError(f"{source}: non-square patches {patch}x{patch_w} are not supported")
@@ -68,6 +68,8 @@ def infer_arch(sd: dict, opts: LoadOptions, source: str) -> ArchSpec:
     num_classes = sd["heads.head.weight"].shape[0] if "heads.head.weight" in sd else None
     image = grid * patch
     name = vit_name(width, patch)
+    shape = f"conv_proj.weight {tuple(sd['conv_proj.weight'].shape)}"
+    heads, heads_source, config = resolve_heads(width, shape, patch, opts.num_heads, hint, source)
     return ArchSpec(
         family=FAMILY,
         name=name,
@@ -75,10 +77,12 @@ def infer_arch(sd: dict, opts: LoadOptions, source: str) -> ArchSpec:
         patch_size=patch,
         width=width,
         depth=depth,
-        heads=heads_for_width(width, opts.num_heads, source),
+        heads=heads,
         mlp_dim=mlp_dim,
         num_prefix_tokens=1,
         num_classes=num_classes,
+        heads_source=heads_source,
+        config=config,
     )
 
 
@@ -114,7 +118,8 @@ def build(arch: ArchSpec) -> VisionTransformer:
     return model
 
 
-def load(raw, opts: LoadOptions, source: str, sha256: str | None) -> LoadedModel:
+def load(raw, opts: LoadOptions, source: str, sha256: str | None, hint: ArchHint | None = None) -> LoadedModel:
+    """`hint`: a config known from outside the file (a hub name); else read from the file (`args.model`)."""
     found = unwrap(raw)
     if found is None:
         raise InputError(f"{source}: not a torchvision ViT checkpoint (no conv_proj / encoder.pos_embedding)")
@@ -122,9 +127,9 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None) -> LoadedModel
     sd, ignored = drop_keys(sd, opts.ignore_keys)
     report.ignored = ignored
     sd = to_float32(sd)
-    arch = infer_arch(sd, opts, source)
+    arch = infer_arch(sd, opts, source, hint if hint is not None else torchvision_ref_hint(raw))
     model = build(arch)
-    strict_load(model, sd, source)
+    strict_load(model, sd, source, report, arch)
     model.eval().requires_grad_(False)
     return LoadedModel(
         backbone=TorchvisionBackbone(model, has_head=arch.num_classes is not None),
