@@ -198,9 +198,12 @@ def _images_split(req: RunRequest, role: str, need_labels: bool) -> Split:
             if need_labels or role == "train":
                 raise
             unreadable: list = []
-            records = index_images(req.root, split)
+            records = index_images(req.root, split, unreadable=unreadable)
             return Split(role, [r.image_id for r in records], [None] * len(records), f"{req.root}/{split}",
                          paths=[r.path for r in records], unreadable=unreadable)
+    if data.unreadable and req.engine.on_bad_image == "fail":
+        path, reason = data.unreadable[0]
+        raise InputError(f"{path}: cannot be read ({reason}); use --on-bad-image skip to list and skip it")
     if role == "train" and req.train_per_class:
         data = few_shot(data, req.train_per_class, req.seed)
     return Split(role, list(data.ids), list(data.names), data.source, paths=list(data.paths),
