@@ -89,6 +89,13 @@ def vote_map_box(votes: np.ndarray, grid: tuple[int, int] | None = None, n_std: 
     return MapBox(mask_box(comp), comp, thr, n)
 
 
+def padded_grid(image_size: tuple[int, int], patch: int) -> tuple[int, int]:
+    """(rows, cols) of the patch grid of a full-size image zero-padded bottom/right to a multiple of `patch`
+    (LOST's `main_lost.py`: ceil(h / patch), ceil(w / patch))."""
+    w, h = image_size
+    return -(-h // patch), -(-w // patch)
+
+
 def patch_box_to_full_res(box: PatchBox, patch: int, image_size: tuple[int, int], clip: bool = True) -> PixelBox:
     """Patch box -> original pixels for an image fed at full size, padded bottom/right (LOST's protocol)."""
     w, h = image_size
