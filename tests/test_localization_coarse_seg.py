@@ -15,6 +15,7 @@ from lastvit_eval.localization.coarse_seg import (
     labels_to_crop,
     otsu_threshold,
     seg_iou_metrics,
+    threshold_value,
     upsample_scores,
 )
 
@@ -137,6 +138,14 @@ def test_fg_bg_counts_exact_and_ignore():
     assert fg_bg_counts(np.ones((2, 2), bool), np.full((2, 2), 255, np.uint8)).tolist() == [0, 0, 0, 0]
     with pytest.raises(ValueError):
         fg_bg_counts(np.ones((2, 3), bool), np.zeros((3, 2), np.uint8))
+
+
+def test_threshold_kinds():
+    m = np.array([[0.0, 1.0], [2.0, 5.0]])
+    assert threshold_value(m, "mean") == 2.0
+    assert threshold_value(m, np.int64(1)) == 1.0 and threshold_value(m, 0.5) == 0.5
+    with pytest.raises(ValueError, match="unknown threshold"):
+        threshold_value(m, "median")
 
 
 def test_iou_is_accumulated_over_images_not_averaged():

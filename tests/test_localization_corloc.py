@@ -85,6 +85,7 @@ def test_corloc_exact_half_is_a_hit_and_missing_boxes_are_reported():
     assert res.metric.n == 3 and res.metric.value == pytest.approx(100 / 3)
     rows = res.rows(["a", "b", "c", "d"], [half, just_under, None, (0, 0, 4, 4)])
     assert list(rows["status"]) == ["scored", "scored", "no_box", "no_gt"]
+    assert rows["corloc"].tolist() == [True, False, False, False]
     assert rows["iou"].iloc[0] == 0.5 and np.isnan(rows["iou"].iloc[2])
     with pytest.raises(ValueError):
         corloc([half], [gt, gt])

@@ -14,6 +14,7 @@ size, padded bottom/right to a multiple of the patch size (the padding is cut of
 
 from __future__ import annotations
 
+import numbers
 from typing import Literal
 
 import numpy as np
@@ -97,7 +98,8 @@ def otsu_threshold(values: np.ndarray, nbins: int = 256) -> float:
 
 
 def threshold_value(score_map: np.ndarray, method: Threshold = "mean") -> float:
-    if isinstance(method, int | float) and not isinstance(method, bool):
+    """The per-image threshold: the map's mean, Otsu's, or a fixed number (foreground: score > threshold)."""
+    if isinstance(method, numbers.Real) and not isinstance(method, bool):
         return float(method)
     if method == "mean":
         return float(np.mean(score_map, dtype=np.float64))

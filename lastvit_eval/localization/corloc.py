@@ -81,11 +81,12 @@ class CorLocResult:
         """Images left out because no ground-truth box counts."""
         return int((~self.counted).sum())
 
-    def rows(self, image_ids: Sequence[str], boxes: Sequence[BoxLike | None]) -> pd.DataFrame:
-        """Per-image rows: image_id, hit, iou, the predicted box, and why an image was not scored."""
+    def rows(self, image_ids: Sequence[str], boxes: Sequence[BoxLike | None], column: str = "corloc") -> pd.DataFrame:
+        """Per-image rows: image_id, the hit (named `column`: Result's convention pairs metric `<ns>.corloc` with a
+        boolean column `corloc`), iou, the predicted box, and status (scored, no_box: a miss, no_gt: left out)."""
         status = np.where(~self.counted, "no_gt", np.where(~self.has_box, "no_box", "scored"))
         b = np.array([np.full(4, np.nan) if x is None else np.asarray(x, dtype=np.float64) for x in boxes])
-        return pd.DataFrame({"image_id": list(image_ids), "hit": self.hit, "iou": self.best_iou,
+        return pd.DataFrame({"image_id": list(image_ids), column: self.hit, "iou": self.best_iou,
                              "x0": b[:, 0], "y0": b[:, 1], "x1": b[:, 2], "y1": b[:, 3], "status": status})
 
 
