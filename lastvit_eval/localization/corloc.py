@@ -12,8 +12,9 @@ VOC07 trainval, VOC12 trainval, COCO20k) follow; read in `main_lost.py` (main lo
   XML (xmin, ymin, xmax, ymax) -> (xmin - 1, ymin - 1, xmax, ymax); COCO, every non-crowd annotation,
   xywh -> xyxy rounded to integers (`extract_gt_COCO(remove_iscrowd=True)`). See `data/voc.py`,
   `data/coco_subset.py`.
-* Resolution: the original image (ToTensor + ImageNet normalisation, no resize), zero-padded at the
-  bottom/right to a multiple of the patch size; a patch box is scaled by the patch size and its x1/y1
+* Resolution: the original image (ToTensor + ImageNet normalisation, no resize), zero-padded (after
+  normalisation: the mean colour) at the bottom/right up to the next multiple of the patch size, not
+  cropped; the grid is ceil(h / p) x ceil(w / p) (`boxes_from_maps.padded_grid`); a patch box is scaled by the patch size and its x1/y1
   clipped to the image (`detect_box`; `dino_seg` does not clip). See `boxes_from_maps.py`.
 * IoU: `bbox_iou` (from yolov5) on pixel-edge boxes without any +1: inter = overlap widths x heights
   clamped at 0, union = area1 + area2 - inter (its eps terms, 1e-7, vanish in the float32 it runs in at
