@@ -24,6 +24,8 @@ def window_positions(height: int, width: int, window: int = 224, stride: int = 1
     """(y1, x1, y2, x2) of every window covering an H x W image, row-major."""
     if window <= 0 or stride <= 0:
         raise ValueError(f"window and stride must be positive, got {window}, {stride}")
+    if stride > window:
+        raise ValueError(f"stride {stride} > window {window} would leave pixels no window covers")
     h_grids = max(height - window + stride - 1, 0) // stride + 1
     w_grids = max(width - window + stride - 1, 0) // stride + 1
     out = []
