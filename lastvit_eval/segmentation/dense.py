@@ -112,11 +112,14 @@ def labels_from_logits(
     if logits.shape[0] != len(query_class):
         raise ValueError(f"{logits.shape[0]} query maps for {len(query_class)} queries")
     probs = torch.softmax(logits.float() * logit_scale, dim=0)
-    idx = torch.as_tensor(list(query_class), device=probs.device, dtype=torch.long)
-    num_classes = int(idx.max()) + 1
+    num_classes = max(query_class) + 1
     if num_classes != len(query_class):  # max over each class's synonyms
-        cls = probs.new_zeros((num_classes, *probs.shape[1:]))
-        probs = cls.index_reduce_(0, idx, probs, "amax", include_self=False)
+        groups: list[list[int]] = [[] for _ in range(num_classes)]
+        for q, c in enumerate(query_class):
+            groups[c].append(q)
+        if any(not g for g in groups):
+            raise ValueError(f"classes without a query: {[c for c, g in enumerate(groups) if not g]}")
+        probs = torch.stack([probs[g].amax(0) if len(g) > 1 else probs[g[0]] for g in groups])
     if area_threshold is not None:  # SCLIP: drop foreground classes under a share of the foreground area
         area = torch.bincount(probs.argmax(0).reshape(-1), minlength=num_classes)[1:].to(probs.dtype)
         keep = (area > area_threshold * area.sum()).to(probs.dtype)
