@@ -211,3 +211,11 @@ def test_context59_and_60(tmp_path):
     np.testing.assert_array_equal(read_label(s[0].label, dec), [[255, 0, 58]])
     s, dec = list_samples(load_protocol("context60"), tmp_path)
     np.testing.assert_array_equal(read_label(s[0].label, dec), [[0, 1, 59]])
+
+
+def test_prompts_are_queries_times_openai_templates():
+    p = load_protocol("voc21")
+    prompts = p.prompts()
+    assert prompts.classnames[:2] == ("sky", "wall") and len(prompts.classnames) == len(p.query_class)
+    assert len(prompts.templates) == 80 and all("{c}" in t for t in prompts.templates)
+    assert prompts.templates[0] == "a bad photo of a {c}."

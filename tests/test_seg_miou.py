@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import confusion_matrix as sk_confusion
 
-from lastvit_eval.segmentation.miou import SegScores, confusion_matrix
+from lastvit_eval.segmentation.miou import SegScores, confusion_matrix, scores_result
 
 C, IGNORE = 6, 255
 
@@ -113,3 +113,19 @@ def test_bad_inputs():
         confusion_matrix(torch.tensor([0, 6]), torch.tensor([0, 1]), C)
     with pytest.raises(ValueError, match="no images"):
         SegScores(C).miou_metric()
+
+
+def test_result_tables_and_rows():
+    preds, labels = _data(seed=5, n=6)
+    s = _scores(preds, labels)
+    ids = [f"img{k}" for k in range(6)]
+    r = scores_result(s, [f"c{c}" for c in range(C)], ids, namespace="zero_shot_seg.voc20", n_resamples=100)
+    miou, acc, inter, union = _brute_force(preds, labels)
+    assert r.metrics["zero_shot_seg.voc20.miou"].value == pytest.approx(miou)
+    assert r.metrics["zero_shot_seg.voc20.pixel_accuracy"].value == pytest.approx(acc)
+    table = r.tables["per_class"]
+    np.testing.assert_array_equal(table["intersection"], inter)
+    np.testing.assert_array_equal(table["union"], union)
+    assert r.info["classes_averaged"] == 5 and list(r.rows["image_id"]) == ids
+    with pytest.raises(ValueError, match="class names"):
+        scores_result(s, ["a"], ids)

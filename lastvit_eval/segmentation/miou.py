@@ -15,12 +15,14 @@ whole images, the areas re-summed per resample) gives a 95% interval for mIoU (`
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 
-from ..result import Metric
+from ..result import Metric, Result
 from ..stats import bootstrap_metric
 
 
@@ -134,3 +136,33 @@ class SegScores:
         if self.confusion is None:
             return np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
         return self.confusion.cpu().numpy()
+
+
+def scores_result(
+    scores: SegScores,
+    class_names: Sequence[str],
+    image_ids: Sequence[str],
+    namespace: str = "zero_shot_seg",
+    info: dict | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> Result:
+    """Metrics `<namespace>.miou` / `.pixel_accuracy` (bootstrap CIs over images), a per-class table
+    (IoU and areas; NaN IoU = class absent from labels and predictions) and one row per image."""
+    if len(class_names) != scores.num_classes or len(image_ids) != scores.n_images:
+        raise ValueError(f"{len(class_names)} class names / {len(image_ids)} ids for "
+                         f"{scores.num_classes} classes / {scores.n_images} scored images")
+    cm = scores._cm()
+    inter = np.diag(cm)
+    per_class = pd.DataFrame({
+        "class_id": np.arange(scores.num_classes), "class": list(class_names), "iou": scores.per_class_iou(),
+        "intersection": inter, "union": cm.sum(0) + cm.sum(1) - inter, "gt_pixels": cm.sum(1), "pred_pixels": cm.sum(0),
+    })
+    rows = pd.DataFrame({"image_id": list(image_ids), **scores.per_image()})
+    metrics = {
+        f"{namespace}.miou": scores.miou_metric(n_resamples, seed),
+        f"{namespace}.pixel_accuracy": scores.pixel_accuracy_metric(n_resamples, seed),
+    }
+    counted = int(np.isfinite(per_class["iou"]).sum())
+    return Result(namespace, metrics, rows=rows, tables={"per_class": per_class},
+                  info={"classes_averaged": counted, "num_classes": scores.num_classes, **(info or {})})

@@ -111,6 +111,16 @@ class SegProtocol:
     def class_names(self) -> list[str]:
         return [names[0] for names in self.classes]
 
+    def prompts(self):
+        """Queries x OpenAI's 80 ImageNet templates: SCLIP / NACLIP's `openai_imagenet_template` is the same
+        list as open_clip's OPENAI_IMAGENET_TEMPLATES; embed with `models.clip_text.text_classifier`."""
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+        from ..models.clip_text import Prompts
+
+        templates = tuple(t("{c}") for t in OPENAI_IMAGENET_TEMPLATES)
+        return Prompts(tuple(self.queries), templates, f"{self.name} class names ({self.variant}) x OpenAI templates")
+
     def to_dict(self) -> dict:
         """What a result records about the protocol."""
         return {
