@@ -1,0 +1,130 @@
+"""Dense CLIP patch embeddings from an open_clip `VisionTransformer`, and logits -> class labels.
+
+Modes (all end with the tower's `ln_post` then `@ proj`, patch tokens only, as a [B, E, h, w] map):
+
+* `plain`: the final tokens (what the tower computes anyway; its CLS is the image embedding).
+* `maskclip`: MaskCLIP's last block with the query-key attention skipped, as its ViT backbone does it
+  (MaskCLIP mmseg/models/backbones/vit.py, `TransformerEncoderLayer.forward(return_qkv=True)` with
+  `skip_last_attn`): `v = x + out_proj(W_v ln_1(x) + b_v)`, `v = v + mlp(ln_2(v))`, then the final norm
+  and the projection. (open_clip's layer scales `ls_1`, `ls_2` are applied where the block applies them;
+  they are identities in CLIP ViTs.)
+* `value`: the bare value embedding of the last block, `out_proj(W_v ln_1(x) + b_v)`, without the
+  residual and the MLP (the value path that ClearCLIP / NACLIP's "reduced" last block keep).
+
+The last block's input `x` is taken with a forward pre-hook and the final tokens with a hook on
+`ln_post`, so one ordinary forward of the tower serves every mode (open_clip 2.x keeps blocks in
+sequence-first layout, 3.x batch-first: the layout is read from the block's attention).
+
+`labels_from_logits` is SCLIP / NACLIP's post-processing: softmax(logit_scale * cosine) over all
+queries, max over each class's synonyms, optional SCLIP area filter, argmax, and pixels whose best
+probability is under `prob_threshold` become class 0 (background).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError
+
+MODES = ("plain", "maskclip", "value")
+
+
+def _check_tower(visual: nn.Module) -> None:
+    for attr in ("conv1", "ln_post", "transformer"):
+        if not hasattr(visual, attr):
+            raise InputError(f"dense embeddings need an open_clip VisionTransformer (no {attr!r} on {type(visual).__name__})")
+    if getattr(visual, "attn_pool", None) is not None or getattr(visual, "final_ln_after_pool", False):
+        raise InputError("dense embeddings: towers with an attentional pooler or a post-pool LayerNorm are not supported")
+    blk = visual.transformer.resblocks[-1]
+    if not isinstance(getattr(blk, "attn", None), nn.MultiheadAttention) or blk.attn.in_proj_weight is None:
+        raise InputError(f"dense embeddings: last block {type(blk).__name__} has no packed nn.MultiheadAttention")
+
+
+def dense_embeddings(visual: nn.Module, images: torch.Tensor, mode: str = "plain") -> torch.Tensor:
+    """[B, 3, H, W] normalized images -> [B, E, H / patch, W / patch] embeddings in CLIP's joint space."""
+    if mode not in MODES:
+        raise InputError(f"unknown dense mode {mode!r}; use one of {', '.join(MODES)}")
+    _check_tower(visual)
+    blk = visual.transformer.resblocks[-1]
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab_input(_module, args, kwargs=None):
+        seen["block_in"] = args[0] if args else next(iter(kwargs.values()))
+
+    def grab_final(_module, _args, out):
+        seen["final"] = out
+
+    hooks = [blk.register_forward_pre_hook(grab_input, with_kwargs=True)]
+    if mode == "plain":
+        hooks.append(visual.ln_post.register_forward_hook(grab_final))
+    try:
+        with torch.no_grad():
+            visual(images)
+    finally:
+        for h in hooks:
+            h.remove()
+
+    if mode == "plain":
+        tokens = seen["final"]  # ln_post output, [B, N, D] in every open_clip version
+    else:
+        x = seen["block_in"]
+        if not blk.attn.batch_first:  # open_clip 2.x: [N, B, D] inside the transformer
+            x = x.transpose(0, 1)
+        with torch.no_grad():
+            d = x.shape[-1]
+            attn = blk.attn
+            bias = attn.in_proj_bias[2 * d:] if attn.in_proj_bias is not None else None
+            v = attn.out_proj(F.linear(blk.ln_1(x), attn.in_proj_weight[2 * d:], bias))
+            if mode == "maskclip":
+                v = x + blk.ls_1(v)
+                v = v + blk.ls_2(blk.mlp(blk.ln_2(v)))
+            tokens = visual.ln_post(v)
+    with torch.no_grad():
+        patches = tokens[:, 1:]
+        if visual.proj is not None:
+            patches = patches @ visual.proj
+    ph, pw = visual.conv1.kernel_size
+    gh, gw = images.shape[-2] // ph, images.shape[-1] // pw
+    if patches.shape[1] != gh * gw:
+        raise InputError(f"dense embeddings: {patches.shape[1]} patch tokens for a {gh}x{gw} grid")
+    return patches.reshape(patches.shape[0], gh, gw, -1).permute(0, 3, 1, 2).contiguous()
+
+
+def cosine_logits(dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """[B, E, h, w] patch embeddings x [Q, E] text embeddings -> [B, Q, h, w] cosine similarities."""
+    dense = F.normalize(dense.float(), dim=1)
+    text = F.normalize(text.float().to(dense.device), dim=1)
+    return torch.einsum("behw,qe->bqhw", dense, text)
+
+
+def labels_from_logits(
+    logits: torch.Tensor,
+    query_class: Sequence[int],
+    logit_scale: float = 40.0,
+    prob_threshold: float = 0.0,
+    area_threshold: float | None = None,
+) -> torch.Tensor:
+    """[Q, H, W] cosine logits over queries -> [H, W] int64 class ids (class 0 = background if thresholded)."""
+    if logits.shape[0] != len(query_class):
+        raise ValueError(f"{logits.shape[0]} query maps for {len(query_class)} queries")
+    probs = torch.softmax(logits.float() * logit_scale, dim=0)
+    num_classes = max(query_class) + 1
+    if num_classes != len(query_class):  # max over each class's synonyms
+        groups: list[list[int]] = [[] for _ in range(num_classes)]
+        for q, c in enumerate(query_class):
+            groups[c].append(q)
+        if any(not g for g in groups):
+            raise ValueError(f"classes without a query: {[c for c, g in enumerate(groups) if not g]}")
+        probs = torch.stack([probs[g].amax(0) if len(g) > 1 else probs[g[0]] for g in groups])
+    if area_threshold is not None:  # SCLIP: drop foreground classes under a share of the foreground area
+        area = torch.bincount(probs.argmax(0).reshape(-1), minlength=num_classes)[1:].to(probs.dtype)
+        keep = (area > area_threshold * area.sum()).to(probs.dtype)
+        probs = torch.cat([probs[:1], probs[1:] * keep.view(-1, 1, 1)])
+    best, pred = probs.max(0)
+    if prob_threshold > 0:
+        pred = torch.where(best < prob_threshold, torch.zeros_like(pred), pred)
+    return pred
