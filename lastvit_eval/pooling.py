@@ -65,11 +65,16 @@ class PoolingSpec:
             key = key.strip()
             if not sep:
                 raise InputError(f"pooling: cannot parse {text!r} (expected key=value after ':')")
-            if key in ("k", "topk"):
-                kwargs["topk"] = int(value)
-            elif key == "sigma":
-                kwargs["sigma"] = float(value)
-            elif key == "formula":
+            try:
+                if key in ("k", "topk"):
+                    kwargs["topk"] = int(value)
+                elif key == "sigma":
+                    kwargs["sigma"] = float(value)
+            except ValueError:
+                raise InputError(f"pooling {text!r}: {key}={value!r} is not a number") from None
+            if key in ("k", "topk", "sigma"):
+                continue
+            if key == "formula":
                 kwargs["formula"] = value.strip()
             else:
                 raise InputError(f"pooling: unknown option {key!r} in {text!r}")

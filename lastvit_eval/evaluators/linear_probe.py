@@ -418,6 +418,18 @@ class LinearProbe(Evaluator):
     metrics = {"linear_probe.*": MetricInfo("percent", "higher")}
     Options = ProbeOptions
 
+    def check(self, plan) -> None:
+        """The hold-out is carved from the training labels, known before any forward: check it now."""
+        o = self.options
+        if len(o.weight_decays) * len(o.lrs or (None,)) < 2:
+            return  # a single candidate: nothing to select, no hold-out
+        y = plan.labels(plan.train)
+        hold = stratified_holdout(y[y >= 0], o.holdout_fraction, plan.seed)
+        if hold.sum() == 0 or (~hold).sum() == 0:
+            smallest = int(np.bincount(y[y >= 0]).min())
+            raise InputError(f"--holdout-fraction {o.holdout_fraction}: holds out no image of {plan.train.source} "
+                             f"(smallest class has {smallest}); raise it to at least {1 / max(smallest, 1):.2g}")
+
     def evaluate(self, inputs: Inputs) -> Result:
         train = inputs.train
         return evaluate(train.get("pooled"), train.labels, inputs.test.get("pooled"), inputs.test.labels,
