@@ -48,7 +48,7 @@ def report(
         select_metrics(long, metrics)  # a bad --metrics fails before anything is written
     paths = agg.write_report(long, output)
     print_report(long, console, metrics)
-    console.print(f"wrote {paths['csv']}, {paths['wide_csv']}, {paths['md']}")
+    console.print(f"wrote {paths['csv']}, {paths['wide_csv']}, {paths['md']}", soft_wrap=True, markup=False)
     if baseline is None:
         return
     result = gt.compare_to_baseline(long, gt.read_baseline(baseline), tolerances)
@@ -74,4 +74,4 @@ def compare(
     print_comparison(result, console)
     if output is not None:
         paths = cmp.write_comparison(result, output)
-        console.print(f"wrote {paths['csv']}, {paths['md']}, {paths['json']}")
+        console.print(f"wrote {paths['csv']}, {paths['md']}, {paths['json']}", soft_wrap=True, markup=False)

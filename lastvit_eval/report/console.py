@@ -18,7 +18,7 @@ from rich.table import Table
 from ..errors import InputError
 from ..result import Result
 from .show import WIDTH, fits, make_console, print_frame
-from .units import blank, digits_for, natural_key
+from .units import blank, digits_for, display_unit, natural_key
 
 console = make_console()
 
@@ -75,7 +75,7 @@ def long_view(long: pd.DataFrame) -> tuple[pd.DataFrame, list[int], list[str | N
             ident = [ident[0], " · ".join(ident[1:])] if len(group) == 2 else [", ".join(ident)]
         for i, (_, r) in enumerate(group.iterrows()):
             d = digits_for(r.get("unit"), r["metric"])
-            unit = "" if blank(r.get("unit")) else str(r["unit"])
+            unit = str(r["unit"]) if not blank(r.get("unit")) else f"({display_unit(None, r['metric']) or '?'})"
             n = "" if r["n"] is None or pd.isna(r["n"]) else str(int(r["n"]))
             rows.append((ident[i] if i < len(ident) else "", r["metric"], _value(r["value"], d),
                          _ci(r["ci_low"], r["ci_high"], d), n, unit))
@@ -136,13 +136,14 @@ def print_report(long: pd.DataFrame, console: Console, metrics: Sequence[str] | 
             frame = pivot_view(long, chosen, with_ci)
             if fits(frame, width):
                 note = "" if with_ci else " (95% CIs in report.md)"
-                print_frame(frame, title=title + note, console=console)
+                print_frame(frame, title=f"{len(frame)} run(s), {len(chosen)} metric(s){note}", console=console)
                 return
         long = long[long["metric"].isin(chosen)]
         console.print(f"{len(chosen)} metrics do not fit in {width} columns side by side; one row per run "
                       f"and metric instead", soft_wrap=False)
     frame, sections, styles = long_view(long)
-    print_frame(frame, title=title + "; every column in report.csv / report.md", console=console,
+    legacy = " (unit): inferred, written before units;" if frame["unit"].str.startswith("(").any() else ""
+    print_frame(frame, title=f"{title};{legacy} every column in report.csv / report.md", console=console,
                 sections=sections, styles=styles)
 
 
@@ -155,9 +156,9 @@ def print_gate(report, console: Console, gate_md) -> None:
         print_frame(report.display(flagged), title="regression gate: rows that did not pass", console=console)
     for note in report.notes():
         console.print(f"note: {escape(note)}")
-    console.print(f"full table: {escape(str(gate_md))}")
+    console.print(f"full table: {escape(str(gate_md))}", soft_wrap=True)
     if not report.failed:  # a failure ends with the same line as the error message
-        console.print(f"[green]{escape(report.summary())}[/]")
+        console.print(f"[green]{escape(report.summary())}[/]", soft_wrap=True)
 
 
 def print_comparison(result, console: Console) -> None:

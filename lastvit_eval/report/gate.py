@@ -58,7 +58,7 @@ FAILING = (FAIL, MISSING, NO_UNIT)
 DEFAULT_TOLERANCE: dict[str, float | None] = {
     "percent": 0.5, "cosine": 0.02, "ratio": 0.005, "count": 0.0, "score": 0.01, "seconds": None,
 }
-INFERRED = "unit inferred from the key (record written before units)"
+INFERRED = "unit inferred"  # from the key, for a record written before units (see notes())
 _CI_SUFFIXES = (".ci_low", ".ci_high", ".n", ".unit", ".direction")
 _EPS = 1e-9  # a move of exactly the tolerance passes, whatever the float rounding
 
@@ -257,6 +257,8 @@ def _run_label(r: pd.Series) -> str:
 def _fmt(v: float, digits: int, sign: bool = False) -> str:
     if v is None or pd.isna(v):
         return ""
+    if round(float(v), digits) == 0:
+        v = 0.0  # no "-0.00"
     return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
 
 

@@ -84,7 +84,7 @@ def rich_table(df: pd.DataFrame, title: str | None = None, floatfmt: str = ".2f"
     for col, num in zip(text.columns, numeric, strict=True):
         if num:
             widest = max([len(v) for v in text[col]] + [len(h) for h in col.splitlines() or [""]])
-            table.add_column(escape(col), justify="right", no_wrap=True, overflow="ignore", min_width=widest)
+            table.add_column(escape(col), justify="right", no_wrap=True, min_width=widest)
         else:
             table.add_column(escape(col), justify="left", overflow="fold")
     starts = set(sections)
