@@ -21,6 +21,7 @@ from .show import WIDTH, fits, make_console, print_frame
 from .units import blank, digits_for, display_unit, natural_key
 
 console = make_console()
+SHORT_UNIT = {"percent": "%", "cosine": "cos", "seconds": "s"}  # console only; files spell units out
 
 
 def fmt_ci(m, digits: int = 2) -> str:
@@ -75,7 +76,8 @@ def long_view(long: pd.DataFrame) -> tuple[pd.DataFrame, list[int], list[str | N
             ident = [ident[0], " · ".join(ident[1:])] if len(group) == 2 else [", ".join(ident)]
         for i, (_, r) in enumerate(group.iterrows()):
             d = digits_for(r.get("unit"), r["metric"])
-            unit = str(r["unit"]) if not blank(r.get("unit")) else f"({display_unit(None, r['metric']) or '?'})"
+            unit = SHORT_UNIT.get(str(r["unit"]), str(r["unit"])) if not blank(r.get("unit")) else \
+                f"({SHORT_UNIT.get(display_unit(None, r['metric']) or '?', '?')})"
             n = "" if r["n"] is None or pd.isna(r["n"]) else str(int(r["n"]))
             rows.append((ident[i] if i < len(ident) else "", r["metric"], _value(r["value"], d),
                          _ci(r["ci_low"], r["ci_high"], d), n, unit))
@@ -144,7 +146,7 @@ def print_report(long: pd.DataFrame, console: Console, metrics: Sequence[str] | 
     frame, sections, styles = long_view(long)
     legacy = " (unit): inferred, written before units;" if frame["unit"].str.startswith("(").any() else ""
     print_frame(frame, title=f"{title};{legacy} every column in report.csv / report.md", console=console,
-                sections=sections, styles=styles)
+                sections=sections, styles=styles, keep_whole=["metric"])
 
 
 def print_gate(report, console: Console, gate_md) -> None:

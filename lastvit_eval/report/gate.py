@@ -216,19 +216,27 @@ class GateReport:
         return out
 
     def display(self, rows: pd.DataFrame | None = None, markdown: bool = False) -> pd.DataFrame:
-        """Rows as strings, numbers with their unit's digits; failing statuses in bold for Markdown."""
+        """Rows as strings, numbers with their unit's digits. Markdown: every column, failing statuses bold.
+        Console: run over metric and unit over direction in stacked cells, so the row fits in 100 columns."""
         t = self.table if rows is None else rows
-        cols = [*self.key, *([] if "run" in self.key else ["run"])]
-        shown = t[cols].copy() if markdown else pd.DataFrame({"run": [_run_label(r) for _, r in t.iterrows()],
-                                                              "metric": t["metric"]})
         digits = [digits_for(u, m) for u, m in zip(t["unit"], t["metric"], strict=True)]
+        nums = {c: [_fmt(v, d, sign=c == "delta") for v, d in zip(t[c], digits, strict=True)]
+                for c in ("baseline", "current", "delta", "tolerance")}
+        if not markdown:
+            return pd.DataFrame({
+                "run / metric": [f"{_run_label(r)}\n{r['metric']}" for _, r in t.iterrows()],
+                "unit": [f"{u or '?'}\n{d or '?'}" for u, d in zip(t["unit"], t["direction"], strict=True)],
+                "baseline": nums["baseline"], "now": nums["current"], "delta": nums["delta"], "tol": nums["tolerance"],
+                "status": list(t["status"]),
+            })
+        cols = [*self.key, *([] if "run" in self.key else ["run"])]
+        shown = t[cols].copy()
         shown["unit"] = t["unit"].to_numpy()
         shown["direction"] = t["direction"].to_numpy()
-        for c in ("baseline", "current", "delta", "tolerance"):
-            shown[c] = [_fmt(v, d, sign=c == "delta") for v, d in zip(t[c], digits, strict=True)]
-        shown["status"] = [f"**{s}**" if markdown and s in FAILING else s for s in t["status"]]
-        if markdown:
-            shown["note"] = t["note"].to_numpy()
+        for c, v in nums.items():
+            shown[c] = v
+        shown["status"] = [f"**{s}**" if s in FAILING else s for s in t["status"]]
+        shown["note"] = t["note"].to_numpy()
         return shown.reset_index(drop=True)
 
     def markdown(self) -> str:

@@ -20,7 +20,8 @@ from rich.table import Table
 STATUS_STYLE = {"FAIL": "bold red", "MISSING": "bold red", "NO-UNIT": "bold red", "NEW": "cyan",
                 "UNGATED": "yellow", "PASS": "green"}
 WIDTH = 100  # without a terminal
-_NUMERIC_CELL = re.compile(r"^[-+]?(\d[\d.]*(e[-+]?\d+)?|nan|inf)%?( \[[^\]]*\])?( / [-+]?\d[\d.]*)*$", re.IGNORECASE)
+_NUM = r"[-+]?(\d[\d.]*(e[-+]?\d+)?|nan|inf)%?"
+_NUMERIC_CELL = re.compile(rf"^(?=\S)({_NUM})?( ?\[{_NUM}, {_NUM}\])?( / {_NUM})*$", re.IGNORECASE)
 
 
 def make_console(width: int | None = None) -> Console:
@@ -73,16 +74,20 @@ def needed_width(text: pd.DataFrame, numeric: Sequence[bool], min_text: int = 8)
 
 def rich_table(df: pd.DataFrame, title: str | None = None, floatfmt: str = ".2f",
                formats: dict[str, str] | None = None, sections: Sequence[int] = (),
-               styles: Sequence[str | None] | None = None) -> Table:
+               styles: Sequence[str | None] | None = None, keep_whole: Sequence[str] = ()) -> Table:
     """Numbers right-aligned and unbreakable, text folding, statuses coloured, markup escaped.
 
     `sections`: row indices that start a new group (a rule above them). `styles`: per-row Rich style.
+    `keep_whole`: text columns that should not fold either (the caller checked they fit).
     """
     text = text_frame(df, floatfmt, formats)
     numeric = _numeric_flags(df, text)
     table = Table(title=title, show_lines=False, title_justify="left")
     for col, num in zip(text.columns, numeric, strict=True):
-        if num:
+        if col in keep_whole and not num:
+            widest = max([len(v) for v in text[col]] + [len(col)])
+            table.add_column(escape(col), justify="left", no_wrap=True, min_width=widest)
+        elif num:
             widest = max([len(v) for v in text[col]] + [len(h) for h in col.splitlines() or [""]])
             table.add_column(escape(col), justify="right", no_wrap=True, min_width=widest)
         else:
@@ -101,13 +106,20 @@ def rich_table(df: pd.DataFrame, title: str | None = None, floatfmt: str = ".2f"
 
 def print_frame(df: pd.DataFrame, title: str | None = None, console: Console | None = None,
                 formats: dict[str, str] | None = None, sections: Sequence[int] = (),
-                styles: Sequence[str | None] | None = None) -> None:
-    """Console is made per call so it writes to the current stdout (Typer's CliRunner swaps it)."""
-    (console or make_console()).print(rich_table(df, title=title, formats=formats, sections=sections,
-                                                 styles=styles))
+                styles: Sequence[str | None] | None = None, keep_whole: Sequence[str] = ()) -> None:
+    """Console is made per call so it writes to the current stdout (Typer's CliRunner swaps it).
+
+    `keep_whole` columns stay unfolded only when the table still fits the console with them whole."""
+    console = console or make_console()
+    if keep_whole and not fits(df, console.width, formats=formats, keep_whole=keep_whole):
+        keep_whole = ()
+    console.print(rich_table(df, title=title, formats=formats, sections=sections, styles=styles,
+                             keep_whole=keep_whole))
 
 
-def fits(df: pd.DataFrame, width: int, floatfmt: str = ".2f", formats: dict[str, str] | None = None) -> bool:
+def fits(df: pd.DataFrame, width: int, floatfmt: str = ".2f", formats: dict[str, str] | None = None,
+         keep_whole: Sequence[str] = ()) -> bool:
     text = text_frame(df, floatfmt, formats)
-    return needed_width(text, _numeric_flags(df, text)) <= width
+    flags = [f or c in keep_whole for f, c in zip(_numeric_flags(df, text), text.columns, strict=True)]
+    return needed_width(text, flags) <= width
 
