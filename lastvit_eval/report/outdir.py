@@ -62,18 +62,18 @@ def previous_results(path: Path) -> list[Path]:
 
 
 def _result_files(folder: Path) -> list[Path]:
-    """What `write_run` wrote here: the `files` list of metrics.json, else the known names and the
-    `<namespace>_*.csv` files of the namespaces its metrics (or, without metrics.json, its rows) use."""
+    """What a run wrote here: the `files` metrics.json lists, its known names, and the `<namespace>_*.csv`
+    files of the namespaces its metrics (or, without metrics.json, its rows) use (e.g. patch_hit_dropped.csv,
+    which the pipeline writes beside write_run's files)."""
     record = _read_json(folder / "metrics.json")
-    if isinstance(record.get("files"), list):
-        names = {str(f) for f in record["files"] if "/" not in str(f) and "\\" not in str(f)}
-        return sorted(p for p in (folder / n for n in names) if p.is_file())
     marked = any((folder / m).is_file() for m in _RESULT_MARKERS) or any(folder.glob("*_rows.csv"))
     if not marked:
         return []
+    listed = record.get("files") if isinstance(record.get("files"), list) else []
+    files = [folder / str(n) for n in listed if "/" not in str(n) and "\\" not in str(n) and str(n) not in ("", ".", "..")]
     namespaces = {k.split(".", 1)[0] for k in (record.get("metrics") or {}) if isinstance(k, str)}
     namespaces |= {p.name[: -len("_rows.csv")] for p in folder.glob("*_rows.csv")}
-    files = [folder / n for n in ("metrics.json", "table.csv", "table.md")]
+    files += [folder / n for n in ("metrics.json", "table.csv", "table.md")]
     files += [p for ns in namespaces for p in folder.glob(f"{ns}_*.csv")]
     return sorted({p for p in files if p.is_file()})
 
