@@ -23,21 +23,22 @@ def report(
     baseline: Path | None = typer.Option(
         None, "--baseline", help="Baseline CSV (a report.csv) to gate against; exit 1 on regression."),
     tolerance: list[str] | None = typer.Option(
-        None, "--tolerance",
+        None, "--tolerance", metavar="X|UNIT=X|METRIC=X",
         help="Allowed move the wrong way, in the metric's unit; repeatable: X (percent points), UNIT=X "
              "(percent, cosine, ratio, count, score, seconds) or METRIC_GLOB=X. Defaults: percent 0.5, "
              "cosine 0.02, ratio 0.005, count 0, score 0.01, seconds not gated. A 'tolerance' column in the "
              "baseline overrides them per row."),
     metrics: list[str] | None = typer.Option(
-        None, "--metrics", "-m",
+        None, "--metrics", "-m", metavar="METRIC[,METRIC...]",
         help="Console only: a table of these metrics (names or globs, comma-separated) side by side per run, "
              "instead of one row per run and metric. Files keep every metric."),
 ) -> None:
     """Aggregate runs into one table; with --baseline, fail (exit 1) when a metric regressed or vanished.
 
-    Baseline rows are matched on checkpoint, pooling, dataset and metric (the run folder name is added
-    only when those repeat); baseline metrics missing now fail as MISSING, new ones are listed as NEW.
-    Each metric is judged in its unit and direction (a lower-is-better metric fails when it rises).
+    Baseline rows match on checkpoint, pooling, dataset and metric (plus the run name only when those repeat).
+
+    Each metric is judged in its own unit and direction: a lower-is-better metric fails when it rises. Baseline
+    metrics missing now fail (MISSING), new ones are listed (NEW). The full gate table goes to gate.md.
     """
     tolerances = gt.parse_tolerances(tolerance)
     long = agg.aggregate(runs)
