@@ -37,8 +37,9 @@ def report(
 
     Baseline rows match on checkpoint, pooling, dataset and metric (plus the run name only when those repeat).
 
-    Each metric is judged in its own unit and direction: a lower-is-better metric fails when it rises. Baseline
-    metrics missing now fail (MISSING), new ones are listed (NEW). The full gate table goes to gate.md.
+    Each metric is judged in its own unit and direction: a lower-is-better metric fails when it rises.
+
+    Baseline metrics missing now fail (MISSING), new ones are listed (NEW). The full gate table goes to gate.md.
     """
     tolerances = gt.parse_tolerances(tolerance)
     long = agg.aggregate(runs)
