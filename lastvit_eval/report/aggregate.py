@@ -24,8 +24,6 @@ CSV_FLOAT = "%.4f"  # 4 decimals: below any CI width we measure, in points and i
 MD_DIGITS = 2
 UNITS_SINCE = 2  # records of this schema_version on must declare unit and direction of every metric
 
-__all__ = ["natural_key"]  # re-exported: callers sort metric keys with it
-
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     """Each path is a run folder (holds metrics.json) or a folder holding run folders at any depth."""
