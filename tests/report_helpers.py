@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,14 @@ def provenance(checkpoint: str, pooling: str, dataset: str = "imagenet-val-pib")
     }
 
 
+def declared(m: Metric, unit: str = "percent", direction: str = "higher") -> Metric:
+    """What the pipeline does with an evaluator's MetricInfo before writing."""
+    m.unit, m.direction = unit, direction
+    return m
+
+
 def patch_hit_result(top1: np.ndarray, classes: list[str] | None = None,
-                     ids: list[str] | None = None) -> Result:
+                     ids: list[str] | None = None, fg_bg_gap: float | None = None) -> Result:
     """A patch_hit Result whose rows follow the convention (column `top1` for metric patch_hit.top1)."""
     top1 = np.asarray(top1, dtype=bool)
     n = top1.size
@@ -37,13 +44,16 @@ def patch_hit_result(top1: np.ndarray, classes: list[str] | None = None,
         "score": np.linspace(0.1, 0.9, n),
         "top1": top1, "top5": top5,
     })
-    return Result(evaluator="patch_hit", metrics={"patch_hit.top1": proportion(top1),
-                                                  "patch_hit.top5": proportion(top5)},
-                  rows=rows, info={"kept": n, "dropped": 0})
+    metrics = {"patch_hit.top1": declared(proportion(top1)), "patch_hit.top5": declared(proportion(top5))}
+    if fg_bg_gap is not None:
+        metrics["patch_hit.fg_bg_gap"] = Metric(fg_bg_gap, fg_bg_gap - 0.01, fg_bg_gap + 0.01, n, "bootstrap",
+                                                unit="cosine", direction="higher")
+    return Result(evaluator="patch_hit", metrics=metrics, rows=rows, info={"kept": n, "dropped": 0})
 
 
 def knn_result(values: dict[int, float], n: int = 1000) -> Result:
-    metrics = {f"knn.k{k}.top1": Metric(v, v - 1.0, v + 1.0, n, "wilson") for k, v in values.items()}
+    metrics = {f"knn.k{k}.top1": Metric(v, v - 1.0, v + 1.0, n, "wilson", "percent", "higher")
+               for k, v in values.items()}
     return Result(evaluator="knn", metrics=metrics, info={"temperature": 0.07})
 
 
@@ -52,3 +62,13 @@ def make_run(root: Path, name: str, checkpoint: str, pooling: str, results: list
     out = root / name
     write_run(out, results, provenance(checkpoint, pooling, dataset))
     return out
+
+
+def strip_units(run_dir: Path) -> None:
+    """Make a run look written before units existed (schema_version 1, no unit/direction keys)."""
+    path = run_dir / "metrics.json"
+    record = json.loads(path.read_text())
+    for m in record["metrics"].values():
+        m.pop("unit", None)
+        m.pop("direction", None)
+    path.write_text(json.dumps(record, indent=2))

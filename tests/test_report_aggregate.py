@@ -52,7 +52,8 @@ def test_aggregate_values_and_order(runs, tmp_path):
 
     long = pd.read_csv(out / "report.csv")
     assert list(long.columns) == ["checkpoint", "pooling", "dataset", "run", "metric", "value", "ci_low",
-                                  "ci_high", "n"]
+                                  "ci_high", "n", "unit", "direction"]
+    assert set(long["unit"]) == {"percent"} and set(long["direction"]) == {"higher"}
     # rows sorted by checkpoint, pooling, dataset, run; metrics in natural order (k10 < k20 < k100)
     assert list(dict.fromkeys(long["run"])) == ["vitb16-cls", "vitb16-last", "dino-last"]
     assert list(long.loc[long["run"] == "vitb16-cls", "metric"]) == [
@@ -84,7 +85,7 @@ def test_aggregate_values_and_order(runs, tmp_path):
     lo, hi = wilson(k, 120)
     assert f"| {100 * k / 120:.2f} [{lo:.2f}, {hi:.2f}] |" in md
     # the CSV is written with fixed decimals so committed tables diff cleanly
-    assert "73.2500,72.2500,74.2500" in (out / "report.csv").read_text()
+    assert "73.2500,72.2500,74.2500,1000,percent,higher" in (out / "report.csv").read_text()
 
 
 def test_report_is_byte_stable(runs, tmp_path):

@@ -127,3 +127,30 @@ def test_compare_input_errors(tmp_path):
     assert res.exit_code == 2 and "not boolean" in res.output
     with pytest.raises(InputError, match="share no image_id"):
         compare_runs(run_a, run_b, "patch_hit.top1")
+
+
+def test_compare_carries_unit_and_direction(tmp_path):
+    """compare.json says what the difference is in; a non-percentage metric is refused, not tested as hits."""
+    hits = np.arange(40) % 2 == 0
+    a = make_run(tmp_path, "a", "ViT_190k", "cls", [patch_hit_result(hits, fg_bg_gap=0.1)])
+    b = make_run(tmp_path, "b", "ViT_190k", "last", [patch_hit_result(~hits, fg_bg_gap=0.2)])
+    out = tmp_path / "cmp"
+    res = runner.invoke(app, ["compare", str(a), str(b), "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    got = json.loads((out / "compare.json").read_text())
+    assert (got["unit"], got["direction"]) == ("percent", "higher")
+    assert "percent, higher" in res.output
+    # the rows carry fg_bg_gap per image (floats): the declared cosine unit stops it before any test
+    rows = pd.read_csv(a / "patch_hit_rows.csv")
+    rows["fg_bg_gap"] = "True"
+    rows.to_csv(a / "patch_hit_rows.csv", index=False)
+    rows_b = pd.read_csv(b / "patch_hit_rows.csv")
+    rows_b["fg_bg_gap"] = "False"
+    rows_b.to_csv(b / "patch_hit_rows.csv", index=False)
+    with pytest.raises(InputError, match="patch_hit.fg_bg_gap is a cosine metric"):
+        compare_runs(a, b, "patch_hit.fg_bg_gap")
+    record = json.loads((b / "metrics.json").read_text())
+    record["metrics"]["patch_hit.top1"]["direction"] = "lower"
+    (b / "metrics.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match="direction 'lower' but"):
+        compare_runs(a, b, "patch_hit.top1")

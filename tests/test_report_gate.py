@@ -41,12 +41,22 @@ def gate(root, baseline: pd.DataFrame, tmp_path, *extra: str, env: dict | None =
     return res, out
 
 
+def gate_table(out) -> pd.DataFrame:
+    """The "All metrics" table of gate.md, as strings (bold markers removed)."""
+    lines = (out / "gate.md").read_text().split("#### All metrics\n\n", 1)[1].splitlines()
+    rows = [[c.strip().strip("*") for c in line.strip().strip("|").split("|")] for line in lines if line.strip()]
+    return pd.DataFrame(rows[2:], columns=rows[0])
+
+
+def row_of(out, metric: str, pooling: str) -> pd.Series:
+    t = gate_table(out)
+    sel = t[(t["metric"] == metric) & (t["pooling"] == pooling)]
+    assert len(sel) == 1, f"{metric}/{pooling} not once in gate.md"
+    return sel.iloc[0]
+
+
 def status_of(out, metric: str, pooling: str) -> str:
-    for line in (out / "gate.md").read_text().splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) > 4 and cells[1] == pooling and cells[3] == metric:
-            return cells[-1].strip("*")
-    raise AssertionError(f"{metric}/{pooling} not in gate.md")
+    return row_of(out, metric, pooling)["status"]
 
 
 def bump(baseline: pd.DataFrame, metric: str, pooling: str, by: float) -> pd.DataFrame:
@@ -63,8 +73,11 @@ def test_report_csv_is_a_passing_baseline(setup):
     assert res.exit_code == 0, res.output
     md = (out / "gate.md").read_text()
     assert md.startswith("### Regression gate PASSED: 0 fail, 0 missing, 0 new, 8 pass")
-    assert md.splitlines()[2] == ("| checkpoint | pooling | dataset | metric | baseline | current | delta "
-                                  "| tolerance | status |")
+    assert "run(s): cls, last" in md.splitlines()[0]
+    assert list(gate_table(out).columns) == ["checkpoint", "pooling", "dataset", "metric", "run", "unit",
+                                             "direction", "baseline", "current", "delta", "tolerance", "status",
+                                             "note"]
+    assert "Not passing" not in md  # nothing flagged: only the full table
     # the run folder name is not part of the match: a renamed run still lines up
     renamed = baseline.assign(run="ci-12345")
     res, _ = gate(root, renamed, tmp_path)
@@ -77,7 +90,10 @@ def test_drop_beyond_tolerance_fails_with_exit_1(setup):
     assert res.exit_code == 1
     assert status_of(out, "knn.k20.top1", "last") == "FAIL"
     assert status_of(out, "knn.k20.top1", "cls") == "PASS"
-    assert "| 73.75 | 73.00 | -0.75 | 0.50 | **FAIL** |" in (out / "gate.md").read_text()
+    row = row_of(out, "knn.k20.top1", "last")
+    assert tuple(row[["baseline", "current", "delta", "tolerance", "unit"]]) == ("73.75", "73.00", "-0.75", "0.50",
+                                                                                 "percent")
+    assert "| **FAIL** |" in (out / "gate.md").read_text().split("#### All metrics")[0]  # listed first, too
     # a drop of exactly the tolerance passes; a wider tolerance lets 0.75 pass too
     assert gate(root, bump(baseline, "knn.k20.top1", "last", +0.5), tmp_path)[0].exit_code == 0
     wider = gate(root, bump(baseline, "knn.k20.top1", "last", +0.75), tmp_path, "--tolerance", "1")
@@ -94,7 +110,8 @@ def test_missing_metric_and_missing_run_fail(setup):
     gone = baseline.iloc[[0]].assign(checkpoint="dino_vitb16")  # a whole run the current results lack
     res, out = gate(root, pd.concat([baseline, gone]), tmp_path)
     assert res.exit_code == 1
-    assert "| dino_vitb16 | cls |" in (out / "gate.md").read_text()
+    gone_row = gate_table(out)[gate_table(out)["checkpoint"] == "dino_vitb16"].iloc[0]
+    assert gone_row["status"] == "MISSING" and gone_row["run"] == baseline.iloc[0]["run"]
 
 
 def test_new_metric_is_reported_not_failed(setup):
@@ -116,7 +133,8 @@ def test_tolerance_column_overrides_default(setup):
     assert res.exit_code == 1
     assert status_of(out, "knn.k10.top1", "cls") == "PASS"
     assert status_of(out, "knn.k10.top1", "last") == "FAIL"
-    assert "| 72.30 | 72.00 | -0.30 | 0.10 | **FAIL** |" in (out / "gate.md").read_text()
+    row = row_of(out, "knn.k10.top1", "last")
+    assert tuple(row[["baseline", "current", "delta", "tolerance"]]) == ("72.30", "72.00", "-0.30", "0.10")
 
 
 def test_step_summary_is_appended(setup):

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import typer
-from rich.console import Console
 
 from ..app import app
 from ..report import aggregate as agg
 from ..report import compare as cmp
 from ..report import gate as gt
-from ..report.show import print_frame
+from ..report.console import print_comparison, print_gate, print_report
+from ..report.show import make_console
 
 
 @app.command("report")
@@ -23,27 +22,40 @@ def report(
         help="Folder for report.csv (long; a valid baseline), report_wide.csv, report.md (and gate.md)."),
     baseline: Path | None = typer.Option(
         None, "--baseline", help="Baseline CSV (a report.csv) to gate against; exit 1 on regression."),
-    tolerance: float = typer.Option(
-        0.5, "--tolerance", min=0.0,
-        help="Allowed drop in points; a 'tolerance' column in the baseline overrides it per row."),
+    tolerance: list[str] | None = typer.Option(
+        None, "--tolerance", metavar="X|UNIT=X|METRIC=X",
+        help="Allowed move the wrong way, in the metric's unit; repeatable: X (percent points), UNIT=X "
+             "(percent, cosine, ratio, count, score, seconds) or METRIC_GLOB=X. Defaults: percent 0.5, "
+             "cosine 0.02, ratio 0.005, count 0, score 0.01, seconds not gated. A 'tolerance' column in the "
+             "baseline overrides them per row."),
+    metrics: list[str] | None = typer.Option(
+        None, "--metrics", "-m", metavar="METRIC[,METRIC...]",
+        help="Console only: a table of these metrics (names or globs, comma-separated) side by side per run, "
+             "instead of one row per run and metric. Files keep every metric."),
 ) -> None:
     """Aggregate runs into one table; with --baseline, fail (exit 1) when a metric regressed or vanished.
 
-    Baseline rows are matched on checkpoint, pooling, dataset and metric (the run folder name is added
-    only when those repeat); baseline metrics missing now fail as MISSING, new ones are listed as NEW.
+    Baseline rows match on checkpoint, pooling, dataset and metric (plus the run name only when those repeat).
+
+    Each metric is judged in its own unit and direction: a lower-is-better metric fails when it rises.
+
+    Baseline metrics missing now fail (MISSING), new ones are listed (NEW). The full gate table goes to gate.md.
     """
+    tolerances = gt.parse_tolerances(tolerance)
     long = agg.aggregate(runs)
+    console = make_console()
+    if metrics:
+        from ..report.console import select_metrics
+
+        select_metrics(long, metrics)  # a bad --metrics fails before anything is written
     paths = agg.write_report(long, output)
-    console = Console()
-    print_frame(agg.display_table(long), title=f"{long['run'].nunique()} run(s), {len(long)} metric value(s)",
-                console=console)
-    console.print(f"wrote {paths['csv']}, {paths['wide_csv']}, {paths['md']}")
+    print_report(long, console, metrics)
+    console.print(f"wrote {paths['csv']}, {paths['wide_csv']}, {paths['md']}", soft_wrap=True, markup=False)
     if baseline is None:
         return
-    result = gt.compare_to_baseline(long, gt.read_baseline(baseline), tolerance=tolerance)
+    result = gt.compare_to_baseline(long, gt.read_baseline(baseline), tolerances)
     gate_md = gt.write_gate(result, output)
-    print_frame(result.table, title=result.headline(), console=console)
-    console.print(f"wrote {gate_md}")
+    print_gate(result, console, gate_md)
     gt.enforce(result)
 
 
@@ -60,12 +72,8 @@ def compare(
 ) -> None:
     """Paired comparison on the images both runs share: bootstrap CI of B - A and McNemar's test."""
     result = cmp.compare_runs(run_a, run_b, metric, n_resamples=n_resamples, seed=seed)
-    console = Console()
-    print_frame(pd.DataFrame(result.summary_rows(), columns=["", "value"]), title=f"B - A on {metric}",
-                console=console)
-    if len(result.per_class):
-        print_frame(result.per_class, title="per class (points)", console=console,
-                    formats={"mcnemar_exact_p": ".3g"})
+    console = make_console()
+    print_comparison(result, console)
     if output is not None:
         paths = cmp.write_comparison(result, output)
-        console.print(f"wrote {paths['csv']}, {paths['md']}, {paths['json']}")
+        console.print(f"wrote {paths['csv']}, {paths['md']}, {paths['json']}", soft_wrap=True, markup=False)

@@ -8,7 +8,6 @@ and every float is written with a fixed number of decimals.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -16,17 +15,14 @@ import pandas as pd
 
 from ..errors import InputError
 from ..result import SCHEMA_VERSION
-from .write import atomic_write_text, metrics_table, to_markdown
+from .units import DIRECTIONS, UNITS, blank, digits_for, natural_key
+from .write import metrics_table, staged_writes, to_markdown
 
 IDENTITY = ["checkpoint", "pooling", "dataset", "run"]
-LONG_COLUMNS = [*IDENTITY, "metric", "value", "ci_low", "ci_high", "n"]
-CSV_FLOAT = "%.4f"  # metrics are percentages; 4 decimals is below any CI width we can measure
+LONG_COLUMNS = [*IDENTITY, "metric", "value", "ci_low", "ci_high", "n", "unit", "direction"]
+CSV_FLOAT = "%.4f"  # 4 decimals: below any CI width we measure, in points and in cosine alike
 MD_DIGITS = 2
-
-
-def natural_key(name: str) -> tuple:
-    """Sort `knn.k10.top1` before `knn.k100.top1` and `knn.k20.top1` before `knn.k100.top1`."""
-    return tuple((0, int(tok), "") if tok.isdigit() else (1, 0, tok) for tok in re.split(r"(\d+)", name))
+UNITS_SINCE = 2  # records of this schema_version on must declare unit and direction of every metric
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
@@ -74,6 +70,14 @@ def load_record(run_dir: str | Path) -> dict:
     for key, m in record["metrics"].items():
         if not isinstance(m, dict) or "value" not in m:
             raise InputError(f"{path}: metric {key!r} has no 'value'")
+        for field, allowed in (("unit", UNITS), ("direction", DIRECTIONS)):
+            v = m.get(field)
+            if blank(v):
+                if version >= UNITS_SINCE:
+                    raise InputError(f"{path}: metric {key!r} has no {field} (schema_version {version} "
+                                     f"records declare one)")
+            elif v not in allowed:
+                raise InputError(f"{path}: metric {key!r} has {field} {v!r}; expected one of {', '.join(allowed)}")
     prov = record.setdefault("provenance", {})
     sections = ("model", "pooling", "dataset")
     if not isinstance(prov, dict) or any(not isinstance(prov.get(k, {}), dict) for k in sections):
@@ -99,7 +103,7 @@ def long_table(records: Sequence[dict]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=LONG_COLUMNS)
     df = pd.concat(frames, ignore_index=True)[LONG_COLUMNS]
-    for c in [*IDENTITY, "metric"]:
+    for c in [*IDENTITY, "metric", "unit", "direction"]:
         df[c] = df[c].map(lambda v: "" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
     for c in ["value", "ci_low", "ci_high"]:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
@@ -138,13 +142,17 @@ def format_cell(value: float, lo: float, hi: float, digits: int = MD_DIGITS) -> 
     return s
 
 
-def display_table(long: pd.DataFrame, digits: int = MD_DIGITS) -> pd.DataFrame:
-    """The wide table with one "value [lo, hi]" string per metric: what people read (Markdown, Rich)."""
-    wide = wide_table(long)
+def display_table(long: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """The wide table with one "value [lo, hi]" string per metric, digits by unit: what people read."""
+    names = metric_names(long) if metrics is None else list(metrics)
+    wide = wide_table(long[long["metric"].isin(names)])
+    units = {m: u for m, u in zip(long["metric"], long.get("unit", [None] * len(long)), strict=True)
+             if not blank(u)}
     out = wide[IDENTITY].copy()
-    for name in metric_names(long):
+    for name in names:
+        d = digits_for(units.get(name), name)
         out[name] = [
-            format_cell(v, lo, hi, digits)
+            format_cell(v, lo, hi, d)
             for v, lo, hi in zip(wide[name], wide[f"{name}.ci_low"], wide[f"{name}.ci_high"], strict=True)
         ]
     return out
@@ -156,18 +164,20 @@ def long_csv(long: pd.DataFrame) -> str:
 
 def write_report(long: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     """Write report.csv (long; a valid gate baseline), report_wide.csv and report.md; returns the paths."""
+    from .outdir import ensure_writable_dir
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out_dir)
     paths = {
         "csv": out_dir / "report.csv",
         "wide_csv": out_dir / "report_wide.csv",
         "md": out_dir / "report.md",
     }
-    atomic_write_text(paths["csv"], long_csv(long))
     wide = wide_table(long)
-    wide_csv = wide.to_csv(index=False, float_format=CSV_FLOAT, lineterminator="\n")
-    atomic_write_text(paths["wide_csv"], wide_csv)
-    atomic_write_text(paths["md"], to_markdown(display_table(long)))
+    with staged_writes() as w:
+        w.text(paths["csv"], long_csv(long))
+        w.text(paths["wide_csv"], wide.to_csv(index=False, float_format=CSV_FLOAT, lineterminator="\n"))
+        w.text(paths["md"], to_markdown(display_table(long)))
     return paths
 
 

@@ -19,9 +19,11 @@ import pandas as pd
 from scipy import stats as sps
 
 from ..errors import InputError
-from .aggregate import natural_key
-from .write import atomic_write_text, to_markdown
+from .outdir import ensure_writable_dir
+from .units import infer_legacy, natural_key
+from .write import staged_writes, to_markdown
 
+_BETTER = {"higher": "higher", "lower": "lower", "none": "neither way"}
 _TRUE = {"true", "1", "1.0", "yes"}
 _FALSE = {"false", "0", "0.0", "no"}
 
@@ -90,6 +92,8 @@ class Comparison:
     mcnemar_chi2: float | None
     mcnemar_chi2_p: float
     per_class: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
+    unit: str = "percent"  # a per-sample hit/miss metric is a percentage; differences are in points
+    direction: str = "higher"  # which way is better, from the runs' metrics.json
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -113,6 +117,7 @@ class Comparison:
             ("McNemar exact p (binomial, two-sided)", f"{self.mcnemar_exact_p:.4g}"),
             ("McNemar chi-square (continuity corr.), p",
              "" if self.mcnemar_chi2 is None else f"{self.mcnemar_chi2:.4g}, {self.mcnemar_chi2_p:.4g}"),
+            ("unit, better", f"{self.unit}, {_BETTER[self.direction]}"),
         ]
 
     def markdown(self) -> str:
@@ -225,20 +230,52 @@ def per_class_table(joined: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("class", key=lambda s: s.map(natural_key)).reset_index(drop=True)
 
 
+def metric_info(run_dir: str | Path, metric: str) -> tuple[str | None, str | None]:
+    """(unit, direction) of `metric` as the run's metrics.json declares it; (None, None) when it does not."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        return None, None
+    try:
+        m = (json.loads(path.read_text(encoding="utf-8")).get("metrics") or {}).get(metric) or {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise InputError(f"{path}: not a readable metrics.json ({e})") from None
+    return (m.get("unit") or None, m.get("direction") or None) if isinstance(m, dict) else (None, None)
+
+
+def _unit_and_direction(run_a: str | Path, run_b: str | Path, metric: str) -> tuple[str, str]:
+    """Both runs must agree; a paired hit/miss test only makes sense for a percentage."""
+    (ua, da), (ub, db) = metric_info(run_a, metric), metric_info(run_b, metric)
+    for name, x, y in (("unit", ua, ub), ("direction", da, db)):
+        if x and y and x != y:
+            raise InputError(f"{run_b}: {metric} has {name} {y!r} but {run_a} has {x!r}; not comparable")
+    unit, direction = ua or ub, da or db
+    if unit is None:  # runs written before units existed; a boolean per-sample column is a proportion anyway
+        guess = infer_legacy(metric) or ("percent", "higher")
+        unit, direction = guess[0], direction or guess[1]
+    if unit != "percent":
+        raise InputError(f"{run_a}: {metric} is a {unit} metric; compare tests per-sample hit/miss metrics "
+                         f"(percentages), e.g. patch_hit.top1")
+    return unit, direction or "higher"
+
+
 def compare_runs(run_a: str | Path, run_b: str | Path, metric: str, n_resamples: int = 2000,
                  seed: int = 0) -> Comparison:
     """Load both runs' rows for `metric` and compare them image by image."""
     a = load_outcomes(run_a, metric)
     b = load_outcomes(run_b, metric)
-    return compare_outcomes(a, b, metric=metric, run_a=str(run_a), run_b=str(run_b),
-                            n_resamples=n_resamples, seed=seed)
+    unit, direction = _unit_and_direction(run_a, run_b, metric)
+    result = compare_outcomes(a, b, metric=metric, run_a=str(run_a), run_b=str(run_b),
+                              n_resamples=n_resamples, seed=seed)
+    result.unit, result.direction = unit, direction
+    return result
 
 
 def write_comparison(cmp: Comparison, out_dir: str | Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out_dir)
     paths = {"csv": out_dir / "compare.csv", "md": out_dir / "compare.md", "json": out_dir / "compare.json"}
-    atomic_write_text(paths["csv"], cmp.csv())
-    atomic_write_text(paths["md"], cmp.markdown())
-    atomic_write_text(paths["json"], json.dumps(cmp.to_json(), indent=2) + "\n")
+    with staged_writes() as w:
+        w.text(paths["csv"], cmp.csv())
+        w.text(paths["md"], cmp.markdown())
+        w.text(paths["json"], json.dumps(cmp.to_json(), indent=2) + "\n")
     return paths

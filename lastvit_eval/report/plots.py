@@ -7,6 +7,7 @@ pixel size depends only on the number of panels: `PANEL_INCHES * DPI` pixels per
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+
+from .outdir import ensure_writable_dir
+from .write import atomic_write_bytes
 
 DPI = 100
 PANEL_INCHES = 2.5  # one grid panel: 250 x 250 pixels
@@ -48,9 +52,12 @@ def _grid_figure(n: int, ncols: int, wspace: float = 0.08, right: float = 0.98) 
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
+    """Render in memory, then write atomically: a full disk leaves no half PNG and no temp file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    ensure_writable_dir(path.parent)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=DPI, format="png")
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
