@@ -109,9 +109,12 @@ def test_a_run_owns_its_output_folder(imagenet_root, detectron2_ckpt, tmp_path, 
     r = cli(*base, "-p", "cls")  # a second run into the same folder: refused, nothing lost
     assert r.exit_code == 2 and "--overwrite" in err(r) and len(forwarded) == n
     assert (out / "last-k1" / "metrics.json").read_text() == before
-    (out / ".lastvit-eval.lock").write_text("pid 1 on elsewhere\n")  # another writer holds it
+    import socket
+
+    lock = {"pid": 1, "host": socket.gethostname(), "started": "now"}  # a live process holds it
+    (out / ".lastvit-eval.lock").write_text(json.dumps(lock))
     r = cli(*base, "-p", "cls", "--overwrite")
-    assert r.exit_code == 2 and "another run is writing here" in err(r)
+    assert r.exit_code == 2 and "in use by another lastvit-eval (pid 1" in err(r)
     (out / ".lastvit-eval.lock").unlink()
     r = cli(*base, "-p", "cls", "--overwrite")
     assert r.exit_code == 0, err(r)
