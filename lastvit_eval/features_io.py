@@ -8,8 +8,10 @@ containers: `.npz` (numpy, no pickles: strings are stored as unicode arrays) and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,9 +54,20 @@ def save_features(path: Path, fs: FeatureSet) -> Path:
     """Write atomically (temp file + rename), so a killed run never leaves a truncated file."""
     path = Path(path)
     _check_suffix(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format_version": FORMAT_VERSION, **fs.meta}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(tmp, path, fs, meta)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise InputError(f"{path}: cannot write ({e.strerror or e})") from None
+    return path
+
+
+def _write(tmp: Path, path: Path, fs: FeatureSet, meta: dict) -> None:
     if path.suffix == ".npz":
         payload = {f"a/{k}": np.ascontiguousarray(v) for k, v in fs.arrays.items()}
         payload["labels"] = np.asarray(fs.labels, dtype=np.int64)
@@ -72,8 +85,6 @@ def save_features(path: Path, fs: FeatureSet) -> Path:
         strings = {"image_ids": json.dumps(list(fs.image_ids)), "classes": json.dumps(list(fs.classes)),
                    "meta": json.dumps(meta)}
         save_file(tensors, str(tmp), metadata=strings)
-    os.replace(tmp, path)
-    return path
 
 
 def load_features(path: Path) -> FeatureSet:
@@ -101,7 +112,12 @@ def load_features(path: Path) -> FeatureSet:
                 ids = json.loads(md["image_ids"])
                 classes = json.loads(md.get("classes", "[]"))
                 meta = json.loads(md.get("meta", "{}"))
-    except (KeyError, ValueError, OSError, SafetensorError) as e:
+    except (KeyError, ValueError, OSError, EOFError, SafetensorError, zipfile.BadZipFile) as e:
         raise InputError(f"{path}: not a lastvit-eval feature file ({type(e).__name__}: {e})") from None
-    return FeatureSet(arrays=arrays, labels=np.asarray(labels, dtype=np.int64), image_ids=ids, classes=classes,
-                      meta=meta)
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iuf" or (
+            labels.dtype.kind == "f" and not (np.isfinite(labels).all() and (labels == np.round(labels)).all())):
+        raise InputError(f"{path}: labels must be whole numbers (got dtype {labels.dtype}"
+                         + (f", e.g. {labels[~(labels == np.round(labels))][0]}" if labels.dtype.kind == "f"
+                            and labels.ndim == 1 and (labels != np.round(labels)).any() else "") + ")")
+    return FeatureSet(arrays=arrays, labels=labels.astype(np.int64), image_ids=ids, classes=classes, meta=meta)

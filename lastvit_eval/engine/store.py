@@ -205,7 +205,15 @@ class FeatureSpace:
         return np.array([h is not None and h in rows for h in hashes], dtype=bool)
 
     def write(self, arrays: dict[str, np.ndarray], hashes: list[str]) -> None:
-        """One shard per tap key for these images (rows aligned with `hashes`)."""
+        """One shard per tap key for these images (rows aligned with `hashes`); a failed write (a full disk)
+        leaves no partial shard and is one line naming the store."""
+        try:
+            self._write(arrays, hashes)
+        except OSError as e:
+            raise InputError(f"feature store {self.root}: cannot write ({e.strerror or e}); what was stored before "
+                             "is intact, free space or choose another --cache-dir") from None
+
+    def _write(self, arrays: dict[str, np.ndarray], hashes: list[str]) -> None:
         hb = _hash_bytes(hashes)
         for tap_key, values in arrays.items():
             d = self.tap_dir(tap_key)
