@@ -68,6 +68,7 @@ def strip_units(run_dir: Path) -> None:
     """Make a run look written before units existed (schema_version 1, no unit/direction keys)."""
     path = run_dir / "metrics.json"
     record = json.loads(path.read_text())
+    record["schema_version"] = 1
     for m in record["metrics"].values():
         m.pop("unit", None)
         m.pop("direction", None)

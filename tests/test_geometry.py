@@ -97,7 +97,7 @@ def test_mask_pushed_through_torchvision_nearest_exact(ib):
     rows, cols = np.nonzero(diff)
     near_row = np.isin(rows, [r0 - 1, r0, r1 - 1, r1]) & (cols >= c0 - 1) & (cols <= c1)
     near_col = np.isin(cols, [c0 - 1, c0, c1 - 1, c1]) & (rows >= r0 - 1) & (rows <= r1)
-    assert (near_row | near_col).all(), list(zip(rows[~(near_row | near_col)], cols[~(near_row | near_col)]))
+    assert (near_row | near_col).all(), list(zip(rows[~(near_row | near_col)], cols[~(near_row | near_col)], strict=True))
 
 
 def test_center_rule_and_tiny_box():

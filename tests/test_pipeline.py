@@ -137,7 +137,7 @@ def test_classify_maps_wnids_to_imagenet_head_indices(tmp_path):
             write_jpeg(root / "val" / w / f"{w}_{j}.JPEG", (48 + 8 * j, 40), seed=10 * n + j)
     m = tiny_vit(num_classes=1000, seed=3)
     with torch.no_grad():  # make the head informative: boost the four classes' rows
-        for w, i in chosen.items():
+        for i in chosen.values():
             m.heads.head.bias[i] += 0.5
     ckpt = tmp_path / "vit1000.pth"
     torch.save(m.state_dict(), ckpt)
