@@ -157,7 +157,7 @@ def _provenance(plan: Plan, spec, feats: Features) -> dict:
         "model": model,
         "pooling": {"name": spec.name, **spec.to_dict(), "default": plan.pooling_default},
         "transform": transform,
-        "dataset": {"name": Path(req.root or req.test or req.test_features or "dataset").name,
+        "dataset": {"name": req.dataset_name or Path(req.root or req.test or req.test_features or "dataset").name,
                     "test": plan.test.source, "train": plan.train.source if plan.train is not None else None,
                     "classes": len(plan.classes),
                     "unreadable": [list(u) for u in plan.test.unreadable]},

@@ -56,6 +56,7 @@ class RunRequest:
     store: StoreSpec = field(default_factory=StoreSpec)
     output_dir: Path | None = None
     run_name: str | None = None
+    dataset_name: str | None = None  # for tables (default: the data root's folder name)
     overwrite: bool = False
     progress: bool = True
 

@@ -57,7 +57,7 @@ def run_demo(out: Path, engine: EngineSpec, progress: bool = True, ks: tuple[int
     # each model with the pooling it was trained with: cls for tiny_cls, last for tiny_last
     for ckpt, own_pooling in zip(ckpts, POOLINGS, strict=True):
         req = RunRequest(evaluators=tuple(EVALUATORS), options={"knn": KnnOptions(ks=ks)}, checkpoint=str(ckpt),
-                         poolings=POOLINGS, root=data, engine=engine, store=store, output_dir=out / ckpt.stem,
+                         poolings=POOLINGS, root=data, engine=engine, store=store, output_dir=out / ckpt.stem, dataset_name="demo",
                          overwrite=True, progress=progress)
         plan = build_plan(req)
         execute(plan)
