@@ -2,15 +2,12 @@
 
 The prompt sets are open_clip's own (ImageNet class names and OpenAI's 80 templates), or files with one
 entry per line. The embedding itself is open_clip's `build_zero_shot_classifier` (encode_text with
-normalization, mean over templates, renormalized). Results are cached on disk, keyed by the checkpoint
-sha256, the activation and the exact prompts, because 1000 x 80 prompts take minutes on a CPU.
+normalization, mean over templates, renormalized). The pipeline keeps the result in the feature store
+(`text/`, keyed by the model space and the exact prompts), because 1000 x 80 prompts take minutes on a CPU.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,20 +69,6 @@ def load_prompts(classnames: Path | None, templates: Path | None) -> Prompts:
     return Prompts(names, temps, source)
 
 
-def cache_root() -> Path:
-    """$LASTVIT_EVAL_CACHE, else $XDG_CACHE_HOME/lastvit-eval, else ~/.cache/lastvit-eval."""
-    if os.environ.get("LASTVIT_EVAL_CACHE"):
-        return Path(os.environ["LASTVIT_EVAL_CACHE"])
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "lastvit-eval"
-
-
-def cache_key(sha256: str, quick_gelu: bool, prompts: Prompts) -> str:
-    payload = json.dumps({"v": CACHE_VERSION, "sha256": sha256, "quick_gelu": quick_gelu,
-                          "classnames": list(prompts.classnames), "templates": list(prompts.templates)})
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
 def build_classifier(model: LoadedModel, prompts: Prompts, device: torch.device | str = "cpu",
                      progress: bool = False) -> np.ndarray:
     """[embed_dim, classes] float32, columns L2-normalized: open_clip's zero-shot recipe."""
@@ -111,33 +94,3 @@ def build_classifier(model: LoadedModel, prompts: Prompts, device: torch.device 
                 clip, tokenizer, chunk, fns, num_classes_per_batch=CLASSES_PER_BATCH, device=device).float().cpu())
             bar.update(task, advance=len(chunk))
     return torch.cat(cols, dim=1).numpy()
-
-
-def text_classifier(model: LoadedModel, prompts: Prompts, device: torch.device | str = "cpu",
-                    use_cache: bool = True, progress: bool = False) -> tuple[np.ndarray, dict]:
-    """The classifier, from the on-disk cache when this checkpoint + prompts were built before."""
-    quick_gelu = bool(getattr(model.backbone, "details", {}).get("quick_gelu", False))
-    info: dict = {"prompts": prompts.source, "classes": len(prompts.classnames), "templates": len(prompts.templates),
-                  "cache": "off"}
-    path = None
-    if use_cache and model.sha256:
-        key = cache_key(model.sha256, quick_gelu, prompts)
-        path = cache_root() / "zero-shot" / f"{key}.npy"
-        info.update(cache_key=key, cache_path=str(path))
-        if path.is_file():
-            try:
-                w = np.load(path, allow_pickle=False)
-                if w.shape[1] == len(prompts.classnames):
-                    info["cache"] = "hit"
-                    return w, info
-            except (OSError, ValueError):
-                pass  # a damaged cache entry is rebuilt below
-    w = build_classifier(model, prompts, device, progress)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, w)
-        os.replace(tmp, path)
-        info["cache"] = "miss (written)"
-    return w, info
