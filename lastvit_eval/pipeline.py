@@ -57,7 +57,8 @@ def _split_features(plan: Plan, role: str, positions: np.ndarray) -> tuple[Featu
     ids = [split.ids[i] for i in positions]
     if plan.model is None:
         fs = split.features
-        arrays = {k: np.asarray(v)[positions] for k, v in fs.arrays.items()}
+        whole = len(positions) == len(split.ids) and bool((positions == np.arange(len(positions))).all())
+        arrays = {k: (v if whole else np.asarray(v)[positions]) for k, v in fs.arrays.items()}  # no copy of a bank
         return Features(index=np.arange(len(positions)), arrays=arrays, device="features file"), ids
     request = TapRequest(plan.poolings, plan.taps(role))
     feats = extract(plan.model, [split.paths[i] for i in positions], request, plan.engine,
