@@ -31,8 +31,13 @@ def demo(
 
     if dtype not in ("fp32", "bf16", "fp16"):
         raise InputError(f"--dtype {dtype!r}: use fp32, bf16 or fp16")
-    out = run_demo(output_dir, EngineSpec(device=device, dtype=dtype, batch_size=64, workers=workers),
-                   progress=not no_progress)
+    from ..engine.distributed import session
+
+    with session(device):
+        out = run_demo(output_dir, EngineSpec(device=device, dtype=dtype, batch_size=64, workers=workers),
+                       progress=not no_progress)
+    if out is None:
+        return  # a torch.distributed rank other than 0
     long = out.table
     shown = {"patch_hit.top1": "PiB top-1", "patch_hit.fg_above_bg": "fg>bg", "knn.k20.top1": "k-NN k20",
              "linear_probe.top1": "probe top-1", "classify.top1": "head top-1"}

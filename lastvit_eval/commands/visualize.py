@@ -48,9 +48,12 @@ def visualize(
                                                num_heads=num_heads, checkpoint_key=checkpoint_key, family=family,
                                                quick_gelu=quick_gelu))
     out = output_dir or (Path("results") / f"visualize-{model.name.rsplit('.', 1)[0]}-{specs[0].name}")
-    written = run_visualize(model, imagenet_root, boxes, FilterSpec(), specs[0],
-                            EngineSpec(device=device, dtype=dtype, batch_size=batch_size, workers=workers), out,
-                            images, sample, seed, progress=not no_progress,
-                            store=StoreSpec(dir=cache_dir, enabled=not no_cache))
+    from ..engine.distributed import session
+
+    with session(device):
+        written = run_visualize(model, imagenet_root, boxes, FilterSpec(), specs[0],
+                                EngineSpec(device=device, dtype=dtype, batch_size=batch_size, workers=workers), out,
+                                images, sample, seed, progress=not no_progress,
+                                store=StoreSpec(dir=cache_dir, enabled=not no_cache))
     for p in written:
         console.print(f"wrote [bold]{p}[/]")

@@ -42,7 +42,7 @@ class DemoOutput:
 
 
 def run_demo(out: Path, engine: EngineSpec, progress: bool = True, ks: tuple[int, ...] = (10, 20),
-             store: StoreSpec | None = None) -> DemoOutput:
+             store: StoreSpec | None = None) -> DemoOutput | None:
     from ..data.filters import FilterSpec
     from ..evaluators.knn import KnnOptions
     from ..pipeline import execute
@@ -60,10 +60,15 @@ def run_demo(out: Path, engine: EngineSpec, progress: bool = True, ks: tuple[int
                          poolings=POOLINGS, root=data, engine=engine, store=store, output_dir=out / ckpt.stem, dataset_name="demo",
                          overwrite=True, progress=progress)
         plan = build_plan(req)
-        execute(plan)
+        if execute(plan) is None:
+            continue  # a torch.distributed rank other than 0 only extracts
         runs += [out / ckpt.stem / p.name for p in POOLINGS]
         pictures += run_visualize(plan.model, data, None, FilterSpec(), own_pooling, engine,
                                   out / "pictures" / ckpt.stem, sample=8, seed=0, progress=progress, store=store)
+    from ..engine.distributed import current
+
+    if not current().is_main:
+        return None
     long = agg.aggregate(runs)
     report = agg.write_report(long, out)
     # the paper's comparison: each model with the pooling it was trained with

@@ -52,6 +52,8 @@ def run_visualize(
     taps = {"patch_scores", "votes"} if pooling.kind == "last" else {"patch_scores"}
     feats = extract(model, [data.records[i].path for i in picks], TapRequest((pooling,), frozenset(taps)), engine,
                     store=store, progress=progress, description=f"{model.name} visualize", widen=True)
+    if not feats.assembled:
+        return []  # a torch.distributed rank other than 0: rank 0 draws
     picks = [picks[i] for i in feats.index]
     if not picks:
         raise InputError("visualize: none of the chosen images could be decoded")
