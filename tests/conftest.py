@@ -122,3 +122,19 @@ def pytest_collection_modifyitems(config, items):
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """No test may read or fill the user's real feature cache."""
     monkeypatch.setenv("LASTVIT_EVAL_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def forwarded(monkeypatch) -> list[int]:
+    """Images that went through the model, one entry per forward call (patches the forward the engine uses)."""
+    import lastvit_eval.engine.extract as ex
+
+    seen: list[int] = []
+    real = ex.forward_taps
+
+    def counting(model, x, *a, **k):
+        seen.append(len(x))
+        return real(model, x, *a, **k)
+
+    monkeypatch.setattr(ex, "forward_taps", counting)
+    return seen

@@ -17,7 +17,6 @@ from conftest import tiny_vit, write_jpeg
 from typer.testing import CliRunner
 
 import lastvit_eval
-import lastvit_eval.engine.extract as ex
 from lastvit_eval.app import app
 from lastvit_eval.evaluators.base import EVALUATORS, Evaluator, Inputs, MetricInfo, register
 from lastvit_eval.result import Metric, Result
@@ -31,19 +30,6 @@ def cli(*args):
 
 def err(r) -> str:
     return r.output  # CliRunner mixes stderr into output
-
-
-@pytest.fixture
-def forwarded(monkeypatch) -> list[int]:
-    seen: list[int] = []
-    real = ex.forward_taps
-
-    def counting(model, x, *a, **k):
-        seen.append(len(x))
-        return real(model, x, *a, **k)
-
-    monkeypatch.setattr(ex, "forward_taps", counting)
-    return seen
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-import lastvit_eval.engine.extract as ex
 from lastvit_eval.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +31,7 @@ app(sys.argv[1:])
 """
 
 
-def test_resume_after_sigkill(imagenet_root, detectron2_ckpt, tmp_path, monkeypatch):
+def test_resume_after_sigkill(imagenet_root, detectron2_ckpt, tmp_path, forwarded):
     cdir = tmp_path / "cache"
     args = ["patch-hit", "-c", str(detectron2_ckpt), "-r", str(imagenet_root), "--workers", "0", "--batch-size", "1",
             "--shard-size", "1", "--no-progress", "--cache-dir", str(cdir)]
@@ -52,14 +51,7 @@ def test_resume_after_sigkill(imagenet_root, detectron2_ckpt, tmp_path, monkeypa
     done_before = len(list(cdir.glob(COLUMN)))
     assert 1 <= done_before < 5 and not (tmp_path / "killed" / "last-k1" / "metrics.json").exists()
 
-    seen: list[int] = []
-    real = ex.forward_taps
-
-    def counting(model, x, *a, **k):
-        seen.append(len(x))
-        return real(model, x, *a, **k)
-
-    monkeypatch.setattr(ex, "forward_taps", counting)
+    seen = forwarded
     runner = CliRunner()
     r = runner.invoke(app, [*args, "-o", str(tmp_path / "resumed")], catch_exceptions=False)
     assert r.exit_code == 0, r.output

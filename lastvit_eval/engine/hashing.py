@@ -7,20 +7,13 @@ or inode changed is hashed again.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 from pathlib import Path
 
+from ..models.checkpoint import sha256_file
+
 _SCHEMA = "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, ino INTEGER, sha TEXT)"
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def content_hashes(paths: list[Path], memo: Path | None = None) -> list[str | None]:
@@ -58,7 +51,7 @@ def content_hashes(paths: list[Path], memo: Path | None = None) -> list[str | No
             out.append(hit[3])
             continue
         try:
-            sha = sha256_of(Path(p))
+            sha = sha256_file(Path(p))
         except OSError:
             out.append(None)
             continue
