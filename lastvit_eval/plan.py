@@ -39,6 +39,9 @@ class RunRequest:
     poolings: tuple[PoolingSpec, ...] = ()  # empty: the default for the model
     root: Path | None = None
     split: str = "val"
+    voc_root: Path | None = None  # a PASCAL VOC devkit instead of an ImageNet-style root
+    year: str = "2012"
+    image_set: str | None = None  # default: trainval (Main) for boxes, val (Segmentation) for masks
     train: Path | None = None
     test: Path | None = None
     boxes: Path | None = None
@@ -98,6 +101,7 @@ class Plan:
     classes: list[str]
     output: Path
     declared: dict[str, int] | None = None
+    voc: object | None = None  # data.voc.VOCDataset when the test split is a VOC image set
     class_map: ClassMap | None = None
     text: TextClassifier | None = None
     selections: dict[str, np.ndarray] = field(default_factory=dict)  # evaluator -> test positions
@@ -211,6 +215,19 @@ def _images_split(req: RunRequest, role: str, need_labels: bool) -> Split:
                  unreadable=list(getattr(data, "unreadable", [])))
 
 
+def _voc_split(req: RunRequest, needs: set[str]):
+    """A VOC image set as the test split (Segmentation sets when an evaluator needs masks, else Main)."""
+    from .data.voc import VOCDataset
+
+    voc = VOCDataset(req.voc_root, req.year)
+    task = "Segmentation" if "seg_labels" in needs else "Main"
+    image_set = req.image_set or ("val" if task == "Segmentation" else "trainval")
+    ids = voc.image_ids(image_set, task)
+    paths = [voc.image_path(i) for i in ids]
+    source = f"{voc.root}/ImageSets/{task}/{image_set}.txt"
+    return Split("test", ids, [None] * len(ids), source, paths=paths), voc
+
+
 def _file_split(path: Path, role: str) -> Split:
     from .features_io import load_features
 
@@ -304,8 +321,16 @@ def build_plan(req: RunRequest) -> Plan:
         if req.root is not None and not Path(req.root).is_dir():
             raise InputError(f"{req.root}: dataset root is not a folder" if Path(req.root).exists()
                              else f"{req.root}: dataset root does not exist")
-        test = _images_split(req, "test", "labels" in needs)
-        train = _images_split(req, "train", True) if wants_train else None
+        voc = None
+        if req.voc_root is not None:
+            if wants_train or "labels" in needs:
+                raise InputError("--voc-root serves object discovery and segmentation evaluators; the others "
+                                 "take --imagenet-root / --test / --train")
+            test, voc = _voc_split(req, needs)
+            train = None
+        else:
+            test = _images_split(req, "test", "labels" in needs)
+            train = _images_split(req, "train", True) if wants_train else None
         from .models import load_model
 
         model = load_model(req.checkpoint, req.load)
@@ -321,7 +346,8 @@ def build_plan(req: RunRequest) -> Plan:
     if features_mode:
         declared = (test.features.meta.get("dataset", {}) or {}).get("declared_labels") or None
     plan = Plan(request=req, evaluators=evaluators, model=model, poolings=poolings, pooling_default=default,
-                test=test, train=train, classes=classes, output=Path("."), declared=declared)
+                test=test, train=train, classes=classes, output=Path("."), declared=declared,
+                voc=None if features_mode else voc)
     plan.output = _run_dir(req, plan.model_name())
     _check_output_path(plan.output)
 

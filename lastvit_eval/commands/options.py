@@ -72,6 +72,11 @@ Masks = Annotated[Path | None, _opt("--masks", help="Segmentation masks instead 
 OnBadAnnotation = Annotated[str, _opt("--on-bad-annotation", help="fail (default) or skip (drop the image, listed "
                                       "with its reason) on an annotation that disagrees with its image.",
                                       panel=DATA)]
+VocRoot = Annotated[Path | None, _opt("--voc-root", help="PASCAL VOC devkit (VOCdevkit/VOC2007|VOC2012/...) for "
+                                      "object discovery and segmentation.", panel=DATA)]
+Year = Annotated[str, _opt("--year", help="VOC year: 2007 or 2012.", panel=DATA)]
+ImageSet = Annotated[str | None, _opt("--image-set", help="VOC image set (default trainval for boxes, val for "
+                                      "segmentation masks).", panel=DATA)]
 Classnames = Annotated[Path | None, _opt("--classnames", help="Zero-shot class names, one per line in label order "
                                          "(default: open_clip's ImageNet-1k names).", panel=DATA)]
 Templates = Annotated[Path | None, _opt("--templates", help="Zero-shot prompt templates, one per line with {c} "
@@ -133,5 +138,13 @@ ProbePrecision = Annotated[str, _opt("--probe-precision", help="lbfgs matmuls: b
                                      panel=PROBE)]
 Lrs = Annotated[str | None, _opt("--lrs", help="adam: comma-separated learning rates (default 2e-3).",
                                  panel=PROBE)]
+LOC = "Object discovery / segmentation"
+Method = Annotated[str, _opt("--method", help="corloc: last-votes (the paper's vote-map box).", panel=LOC)]
+VoteStd = Annotated[float, _opt("--vote-std", help="corloc: foreground where votes > mean + this many standard "
+                                "deviations.", panel=LOC)]
+VoteThreshold = Annotated[float | None, _opt("--vote-threshold", help="corloc: an absolute vote count instead.",
+                                             panel=LOC)]
+Threshold = Annotated[list[str] | None, _opt("--threshold", help="coarse-seg: mean, otsu or a number "
+                                             "(repeatable; each reported).", panel=LOC)]
 Evaluators = Annotated[str, _opt("--evaluators", "-e", help="Comma-separated evaluator names (see `lastvit-eval "
                                  "evaluators`).", panel=OUTPUT)]

@@ -14,7 +14,7 @@ from ..app import app
 from ..errors import InputError
 from . import options as o
 
-CLI_NAMES = {"precision": "probe_precision"}  # an Options field -> the command-line parameter carrying it
+CLI_NAMES = {"precision": "probe_precision", "thresholds": "threshold"}  # an Options field -> the command-line parameter carrying it
 
 
 def _numbers(option: str, text: str, kind: type) -> tuple:
@@ -38,6 +38,8 @@ def evaluator_options(cls, kw: dict):
         if cli not in kw or kw[cli] is None:
             continue
         v = kw[cli]
+        if isinstance(v, list):
+            v = tuple(v)
         default = f.default if f.default is not dataclasses.MISSING else None
         if isinstance(v, str) and (isinstance(default, tuple) or "tuple" in str(f.type)):
             kind = type(default[0]) if isinstance(default, tuple) and default else float
@@ -98,6 +100,7 @@ def run_command(evaluators: list[str], kw: dict) -> None:
         evaluators=tuple(c.name for c in classes), options=options, checkpoint=get_("checkpoint"), load=load,
         poolings=poolings_from(get_("pooling"), get_("topk"), get_("sigma"), get_("score_formula")),
         root=get_("imagenet_root"), split=get_("split") or "val", train=get_("train"), test=get_("test"),
+        voc_root=get_("voc_root"), year=str(get_("year") or "2012"), image_set=get_("image_set"),
         boxes=get_("boxes"), masks=get_("masks"), train_per_class=get_("train_per_class"), limit=get_("limit"),
         seed=get_("seed") or 0, train_features=get_("train_features"), test_features=get_("test_features"),
         class_map=get_("class_map"), classnames=get_("classnames"), templates=get_("templates"),
@@ -164,8 +167,11 @@ def run(
     train_per_class: o.TrainPerClass = None, limit: o.Limit = None, seed: o.Seed = 0, class_map: o.ClassMap = None,
     boxes: o.Boxes = None, masks: o.Masks = None, on_bad_annotation: o.OnBadAnnotation = "fail",
     classnames: o.Classnames = None, templates: o.Templates = None,
+    voc_root: o.VocRoot = None, year: o.Year = "2012", image_set: o.ImageSet = None,
     hit_rule: o.HitRule = None, fg_fraction: o.FgFraction = 0.5, single_object: o.SingleObject = True,
     max_box_area: o.MaxBoxArea = 0.25,
+    method: o.Method = "last-votes", vote_std: o.VoteStd = 1.0, vote_threshold: o.VoteThreshold = None,
+    threshold: o.Threshold = None,
     ks: o.Ks = "10,20,100,200", temperature: o.Temperature = 0.07,
     weight_decays: o.WeightDecays = None, solver: o.Solver = "lbfgs", holdout_fraction: o.HoldoutFraction = 0.1,
     probe_precision: o.ProbePrecision = "bf16", lrs: o.Lrs = None,
@@ -281,6 +287,45 @@ def zero_shot(
 ) -> None:
     """Zero-shot top-1/top-5 of a CLIP checkpoint: pooled token -> visual.proj -> text classifier."""
     run_command(["zero-shot"], locals())
+
+
+@app.command("corloc")
+def corloc(
+    checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
+    num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
+    quick_gelu: o.QuickGelu = None,
+    pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
+    voc_root: o.VocRoot = None, year: o.Year = "2012", image_set: o.ImageSet = None, limit: o.Limit = None,
+    seed: o.Seed = 0,
+    method: o.Method = "last-votes", vote_std: o.VoteStd = 1.0, vote_threshold: o.VoteThreshold = None,
+    device: o.Device = "auto", dtype: o.Dtype = "fp32", batch_size: o.BatchSize = 64, workers: o.Workers = None,
+    on_bad_image: o.OnBadImage = "skip", channels_last: o.ChannelsLast = False, compile: o.Compile = False,
+    decode: o.Decode = "cpu", barrier_timeout: o.BarrierTimeout = 1800.0,
+    cache_dir: o.CacheDir = None, no_cache: o.NoCache = False, shard_size: o.ShardSize = 1024,
+    output_dir: o.OutputDir = None, run_name: o.RunName = None, overwrite: o.Overwrite = False,
+    dry_run: o.DryRun = False, json: o.Json = False, no_progress: o.NoProgress = False,
+) -> None:
+    """Object discovery on a VOC devkit: CorLoc of the LAST vote-map box (one box per image, IoU >= 0.5)."""
+    run_command(["corloc"], locals())
+
+
+@app.command("coarse-seg")
+def coarse_seg(
+    checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
+    num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
+    quick_gelu: o.QuickGelu = None,
+    pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
+    voc_root: o.VocRoot = None, year: o.Year = "2012", image_set: o.ImageSet = None, limit: o.Limit = None,
+    seed: o.Seed = 0, threshold: o.Threshold = None,
+    device: o.Device = "auto", dtype: o.Dtype = "fp32", batch_size: o.BatchSize = 64, workers: o.Workers = None,
+    on_bad_image: o.OnBadImage = "skip", channels_last: o.ChannelsLast = False, compile: o.Compile = False,
+    decode: o.Decode = "cpu", barrier_timeout: o.BarrierTimeout = 1800.0,
+    cache_dir: o.CacheDir = None, no_cache: o.NoCache = False, shard_size: o.ShardSize = 1024,
+    output_dir: o.OutputDir = None, run_name: o.RunName = None, overwrite: o.Overwrite = False,
+    dry_run: o.DryRun = False, json: o.Json = False, no_progress: o.NoProgress = False,
+) -> None:
+    """Coarse segmentation on VOC masks: fg/bg IoU of thresholded patch scores (cosine to the pooled token)."""
+    run_command(["coarse-seg"], locals())
 
 
 @app.command("evaluators")

@@ -6,7 +6,7 @@ An evaluator declares what it needs and the pipeline (`plan.py` -> `engine/` -> 
 * `taps`: per-pooling arrays it reads from the forward pass (`pooled`, `patch_scores`, `votes`, `logits`,
   `embedding`), plus pooling-free ones (`patch_tokens`).
 * `splits`: `("test",)` or `("train", "test")`.
-* `needs`: annotations and model parts: `labels`, `boxes`, `head`, `text` (a CLIP text tower).
+* `needs`: annotations and model parts: `labels`, `boxes`, `seg_labels`, `head`, `text` (a CLIP text tower).
 * `metrics`: unit and direction of every metric it writes (glob patterns over metric keys), so reports
   and the regression gate treat a cosine gap and a percentage differently.
 * `Options`: a frozen dataclass of its settings (defaults = the published protocol).
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 UNITS = ("percent", "cosine", "ratio", "count", "seconds", "score")
 DIRECTIONS = ("higher", "lower", "none")
-NEEDS = frozenset({"labels", "boxes", "head", "text"})
+NEEDS = frozenset({"labels", "boxes", "seg_labels", "head", "text"})
 SPLITS = ("train", "test")
 POOLING_FREE_TAPS = frozenset({"patch_tokens"})
 
