@@ -21,16 +21,17 @@ def demo(
     no_progress: o.NoProgress = False,
 ) -> None:
     """Run patch-hit, k-NN, linear probe and classification for two bundled tiny ViTs (CLS- and LAST-trained)."""
+    from ..errors import InputError
+
+    if dtype not in ("fp32", "bf16", "fp16"):
+        raise InputError(f"--dtype {dtype!r}: use fp32, bf16 or fp16")
     import pandas as pd
 
     from ..engine.device import EngineSpec
-    from ..errors import InputError
     from ..pipelines.demo import run_demo
     from ..report.console import console
     from ..report.show import print_frame
 
-    if dtype not in ("fp32", "bf16", "fp16"):
-        raise InputError(f"--dtype {dtype!r}: use fp32, bf16 or fp16")
     out = run_demo(output_dir, EngineSpec(device=device, dtype=dtype, batch_size=64, workers=workers),
                    progress=not no_progress)
     long = out.table
