@@ -186,7 +186,7 @@ def _print_plan(d: dict, as_json: bool) -> None:
 
 
 def _summarize(out, as_json: bool) -> None:
-    from ..report.console import console, print_result
+    from ..report.console import console, pooling_caption, print_result
 
     plan = out.plan
     if plan.pooling_default and plan.model is not None:
@@ -195,6 +195,7 @@ def _summarize(out, as_json: bool) -> None:
     for pooling, results in out.results.items():
         for r in results:
             print_result(r, f"{r.evaluator}  {plan.model_name()}  pooling={pooling}")
+    console.print(f"[dim]poolings: {pooling_caption(plan.poolings)}[/]", soft_wrap=True)
     for role, e in out.extraction.items():
         s = e.get("store") or {}
         if s.get("space"):

@@ -18,6 +18,7 @@ from ..geometry import box_to_crop_coords
 from ..models import LoadedModel
 from ..pooling import PoolingSpec
 from ..report import plots
+from ..report.console import describe_pooling
 
 
 def choose(ids: list[str], wanted: list[str] | None, sample: int, seed: int) -> list[int]:
@@ -51,7 +52,7 @@ def run_visualize(
     t = model.transform
     taps = {"patch_scores", "votes"} if pooling.kind == "last" else {"patch_scores"}
     feats = extract(model, [data.records[i].path for i in picks], TapRequest((pooling,), frozenset(taps)), engine,
-                    store=store, progress=progress, description=f"{model.name} visualize", widen=True)
+                    store=store, progress=progress, description=f"{model.name} pictures ({pooling.name})", widen=True)
     picks = [picks[i] for i in feats.index]
     if not picks:
         raise InputError("visualize: none of the chosen images could be decoded")
@@ -89,15 +90,6 @@ def run_visualize(
             title=f"{model.name}, {what}: votes per patch = how many of the {model.arch.width} channels picked "
                   f"it among their top {pooling.topk}"))
     return [Path(p) for p in written]
-
-
-def describe_pooling(p: PoolingSpec) -> str:
-    """`last-k1` for people: `LAST pooling (k=1 patch per channel)`."""
-    if p.kind == "last":
-        extra = "".join([f", sigma={p.sigma:g}" if p.sigma is not None else "",
-                         ", paper score" if p.formula == "paper" else ""])
-        return f"LAST pooling (k={p.topk} patch{'es' if p.topk != 1 else ''} per channel{extra})"
-    return {"cls": "CLS pooling (class token)", "gap": "GAP pooling (mean of patch tokens)"}.get(p.kind, p.name)
 
 
 def _class_names(root: Path) -> dict[str, str]:
