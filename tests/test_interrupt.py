@@ -45,6 +45,8 @@ def test_ctrl_c_says_what_was_kept_and_the_rerun_resumes(imagenet_root, detectro
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert sum(seen) == 3, (seen, r.output)  # only the three shards that were not kept
+    assert "poolings: last-k1 = LAST pooling (k=1 patch per channel)" in r.output  # the name, explained once
+    assert r.output.count("LAST pooling (k=1") == 1
 
 
 def test_ctrl_c_without_the_store_says_nothing_was_kept(imagenet_root, detectron2_ckpt, tmp_path, monkeypatch):
@@ -71,3 +73,13 @@ def test_a_bare_ctrl_c_elsewhere_is_one_line_and_130():
     r = CliRunner().invoke(toy, ["wait"])
     assert r.exit_code == 130
     assert r.output.strip() == "Interrupted."
+
+
+def test_pooling_caption_names_every_setting():
+    from lastvit_eval.pooling import PoolingSpec
+    from lastvit_eval.report.console import pooling_caption
+
+    text = pooling_caption([PoolingSpec("cls"), PoolingSpec("gap"), PoolingSpec("last", topk=5, sigma=20.0,
+                                                                                 formula="paper")])
+    assert text == ("cls = CLS pooling (the class token); gap = GAP pooling (mean of the patch tokens); "
+                    "last-k5-s20-paper = LAST pooling (k=5 patches per channel, sigma=20, paper score)")

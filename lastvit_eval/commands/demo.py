@@ -68,8 +68,7 @@ def demo(
     print_frame(table, title="demo: tiny ViTs on the bundled synthetic data (%, not the paper's ImageNet "
                 "numbers; CIs in report.md)", console=console)
     console.print(f"poolings: {pooling_caption(demo_poolings())}. PiB top-1: images whose best-scoring patch lies "
-                  "in the object box; fg>bg: images whose object patches score above the background on average.",
-                  soft_wrap=True)
+                  "in the object box; fg>bg: images whose object patches score above the background on average.")
     keep = [r for r in out.summary if not str(r[0]).startswith(("metric", "A", "B")) or str(r[0]).startswith("B - A")]
     print_frame(pd.DataFrame(keep, columns=["", "value"]), title="PiB, paired: A = CLS-trained model (cls), "
                 "B = LAST-trained model (last)", console=console)

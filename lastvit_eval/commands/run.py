@@ -195,7 +195,7 @@ def _summarize(out, as_json: bool) -> None:
     for pooling, results in out.results.items():
         for r in results:
             print_result(r, f"{r.evaluator}  {plan.model_name()}  pooling={pooling}")
-    console.print(f"[dim]poolings: {pooling_caption(plan.poolings)}[/]", soft_wrap=True)
+    console.print(f"[dim]poolings: {pooling_caption(plan.poolings)}[/]")
     for role, e in out.extraction.items():
         s = e.get("store") or {}
         if s.get("space"):
