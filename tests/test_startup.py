@@ -117,3 +117,17 @@ def test_help_without_a_terminal_is_100_columns_wide(monkeypatch):
     assert r.exit_code == 0
     assert max(len(line) for line in r.output.splitlines()) == 100
     assert "--trust-checkpoint" in r.output
+
+
+def test_a_registered_class_without_a_literal_name_leaves_the_check_to_the_registry():
+    import ast
+
+    from lastvit_eval.commands.run import _literal_name
+
+    literal, annotated, computed = (ast.parse(src).body[0] for src in (
+        "class A:\n    name = 'a-b'\n    taps = frozenset()\n",
+        "class B:\n    name: str = 'b'\n",
+        "class C:\n    name = PREFIX + 'c'\n"))
+    assert _literal_name(literal) == "a-b"
+    assert _literal_name(annotated) == "b"
+    assert _literal_name(computed) is None

@@ -70,9 +70,10 @@ def poolings_from(texts: list[str] | None, topk: int | None, sigma: float | None
     return tuple(specs.values())
 
 
-def evaluator_names() -> set[str]:
+def evaluator_names() -> set[str] | None:
     """Names of the evaluators, without importing them (they import torch): `@register` classes found by
     reading the sources of `lastvit_eval/evaluators/`, plus any evaluator already registered in this process.
+    None when a registered class does not spell its name as a literal (then only the registry can tell).
     Checked against the real registry by tests/test_startup.py."""
     import ast
     import importlib.util
@@ -90,14 +91,26 @@ def evaluator_names() -> set[str]:
                 if isinstance(node, ast.ClassDef) and any(
                         (d.id if isinstance(d, ast.Name) else getattr(d, "attr", None)) == "register"
                         for d in node.decorator_list):
-                    for stmt in node.body:
-                        target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else (
-                            stmt.target if isinstance(stmt, ast.AnnAssign) else None)
-                        value = getattr(stmt, "value", None)
-                        if (isinstance(target, ast.Name) and target.id == "name" and isinstance(value, ast.Constant)
-                                and isinstance(value.value, str)):
-                            names.add(value.value)
+                    name = _literal_name(node)
+                    if name is None:
+                        return None
+                    names.add(name)
     return names
+
+
+def _literal_name(node) -> str | None:
+    """`name = "..."` in a class body (plain or annotated assignment), else None."""
+    import ast
+
+    found = None
+    for stmt in node.body:
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) \
+            else []
+        value = getattr(stmt, "value", None)
+        if [getattr(t, "id", None) for t in targets] == ["name"] and isinstance(value, ast.Constant) \
+                and isinstance(value.value, str):
+            found = value.value
+    return found
 
 
 def precheck(evaluators: list[str], kw: dict) -> None:
@@ -111,7 +124,7 @@ def precheck(evaluators: list[str], kw: dict) -> None:
     if not evaluators:
         raise InputError("--evaluators: give at least one evaluator")
     known = evaluator_names()
-    for name in evaluators:
+    for name in evaluators if known is not None else ():
         if name.strip().replace("_", "-") not in known and name not in known:
             raise InputError(f"unknown evaluator {name!r}; available: {', '.join(sorted(known))}")
     if get_("limit") is not None and get_("limit") < 1:
