@@ -33,15 +33,7 @@ def extract(
     no_progress: o.NoProgress = False,
 ) -> None:
     """Pooled features (every --pooling; default cls, gap, last), embeddings, logits, labels and ids, in one file."""
-    from ..engine.device import EngineSpec
-    from ..engine.distributed import session
-    from ..engine.store import StoreSpec
-    from ..features_io import SUFFIXES, save_features
-    from ..models import LoadOptions, load_model
-    from ..pipelines.extract import default_taps, extract_split
-    from ..pooling import PoolingSpec
-    from ..report.console import console, print_counts
-    from .run import poolings_from
+    from ..features_io import SUFFIXES
 
     if output.suffix not in SUFFIXES:
         raise InputError(f"--output {output}: use a .npz or .safetensors file name")
@@ -54,6 +46,16 @@ def extract(
     if on_bad_image not in ("skip", "fail") or dtype not in ("fp32", "bf16", "fp16") or decode not in ("cpu", "gpu"):
         raise InputError(f"--on-bad-image {on_bad_image!r} / --dtype {dtype!r} / --decode {decode!r}: use skip|fail, "
                          "fp32|bf16|fp16, cpu|gpu")
+    from ..engine.device import EngineSpec  # torch from here on: the checks above answer at once
+    from ..engine.distributed import session
+    from ..engine.store import StoreSpec
+    from ..features_io import save_features
+    from ..models import LoadOptions, load_model
+    from ..pipelines.extract import default_taps, extract_split
+    from ..pooling import PoolingSpec
+    from ..report.console import console, print_counts
+    from .run import poolings_from
+
     specs = poolings_from(pooling, topk, sigma, score_formula) or (
         PoolingSpec("cls"), PoolingSpec("gap"), PoolingSpec("last", topk=1))
     engine = EngineSpec(device=device, dtype=dtype, batch_size=batch_size, workers=workers, on_bad_image=on_bad_image,

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..app import app
-from ..models import LoadedModel, LoadOptions, load_model
-from ..models.base import ArchSpec, KeyReport, LoadError
 from . import options as o
+
+if TYPE_CHECKING:  # models/ imports torch: only inside the command, so `--help` stays instant
+    from ..models import LoadedModel
+    from ..models.base import ArchSpec, KeyReport, LoadError
 
 
 def _keys(k: KeyReport) -> dict:
@@ -70,6 +72,9 @@ def inspect_cmd(
     A load that fails after the keys were mapped still prints what it found (missing / unexpected keys) before
     the one-line error and exit code 2.
     """
+    from ..models import LoadOptions, load_model
+    from ..models.base import LoadError
+
     load = LoadOptions(trust=trust_checkpoint, ignore_keys=tuple(ignore_keys or ()), num_heads=num_heads,
                        checkpoint_key=checkpoint_key, family=family, quick_gelu=quick_gelu)
     try:

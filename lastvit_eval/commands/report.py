@@ -7,11 +7,6 @@ from pathlib import Path
 import typer
 
 from ..app import app
-from ..report import aggregate as agg
-from ..report import compare as cmp
-from ..report import gate as gt
-from ..report.console import print_comparison, print_gate, print_report
-from ..report.show import make_console
 
 
 @app.command("report")
@@ -41,6 +36,11 @@ def report(
 
     Baseline metrics missing now fail (MISSING), new ones are listed (NEW). The full gate table goes to gate.md.
     """
+    from ..report import aggregate as agg
+    from ..report import gate as gt
+    from ..report.console import print_gate, print_report
+    from ..report.show import make_console
+
     tolerances = gt.parse_tolerances(tolerance)
     long = agg.aggregate(runs)
     console = make_console()
@@ -71,6 +71,10 @@ def compare(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed (results are reproducible)."),
 ) -> None:
     """Paired comparison on the images both runs share: bootstrap CI of B - A and McNemar's test."""
+    from ..report import compare as cmp
+    from ..report.console import print_comparison
+    from ..report.show import make_console
+
     result = cmp.compare_runs(run_a, run_b, metric, n_resamples=n_resamples, seed=seed)
     console = make_console()
     print_comparison(result, console)

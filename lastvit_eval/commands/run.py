@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from ..app import app
 from ..errors import InputError
@@ -71,8 +72,79 @@ def poolings_from(texts: list[str] | None, topk: int | None, sigma: float | None
     return tuple(specs.values())
 
 
+def evaluator_names() -> set[str] | None:
+    """Names of the evaluators, without importing them (they import torch): `@register` classes found by
+    reading the sources of `lastvit_eval/evaluators/`, plus any evaluator already registered in this process.
+    None when a registered class does not spell its name as a literal (then only the registry can tell).
+    Checked against the real registry by tests/test_startup.py."""
+    import ast
+    import importlib.util
+
+    names: set[str] = set()
+    if "lastvit_eval.evaluators.base" in sys.modules:
+        names.update(sys.modules["lastvit_eval.evaluators.base"].EVALUATORS)
+    spec = importlib.util.find_spec("lastvit_eval.evaluators")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for path in sorted(Path(folder).glob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            if "@register" not in text:
+                continue
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.ClassDef) and any(
+                        (d.id if isinstance(d, ast.Name) else getattr(d, "attr", None)) == "register"
+                        for d in node.decorator_list):
+                    name = _literal_name(node)
+                    if name is None:
+                        return None
+                    names.add(name)
+    return names
+
+
+def _literal_name(node) -> str | None:
+    """`name = "..."` in a class body (plain or annotated assignment), else None."""
+    import ast
+
+    found = None
+    for stmt in node.body:
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) \
+            else []
+        value = getattr(stmt, "value", None)
+        if [getattr(t, "id", None) for t in targets] == ["name"] and isinstance(value, ast.Constant) \
+                and isinstance(value.value, str):
+            found = value.value
+    return found
+
+
+def precheck(evaluators: list[str], kw: dict) -> None:
+    """The errors that need no model, before torch is imported (so they answer at once): option values,
+    evaluator names, a missing checkpoint file or dataset root. The plan checks all of them again."""
+    get_ = kw.get
+    for name, allowed in (("on_bad_image", ("skip", "fail")), ("on_bad_annotation", ("skip", "fail")),
+                          ("dtype", ("fp32", "bf16", "fp16")), ("decode", ("cpu", "gpu"))):
+        if get_(name) is not None and get_(name) not in allowed:
+            raise InputError(f"--{name.replace('_', '-')} {get_(name)!r}: use {' or '.join(allowed)}")
+    if not evaluators:
+        raise InputError("--evaluators: give at least one evaluator")
+    known = evaluator_names()
+    for name in evaluators if known is not None else ():
+        if name.strip().replace("_", "-") not in known and name not in known:
+            raise InputError(f"unknown evaluator {name!r}; available: {', '.join(sorted(known))}")
+    if get_("limit") is not None and get_("limit") < 1:
+        raise InputError(f"--limit {get_('limit')}: must be a positive number of images")
+    if get_("test_features") is not None or get_("train_features") is not None:
+        return
+    ckpt = get_("checkpoint")
+    if ckpt and not str(ckpt).startswith(("torchvision:", "timm:", "openclip:")) and not Path(ckpt).exists():
+        raise InputError(f"{ckpt}: checkpoint file not found")
+    root = get_("imagenet_root")
+    if ckpt and root is not None and not Path(root).is_dir():
+        raise InputError(f"{root}: dataset root is not a folder" if Path(root).exists()
+                         else f"{root}: dataset root does not exist")
+
+
 def run_command(evaluators: list[str], kw: dict) -> None:
     """Build the request from a command's parameters, plan, check, then run or print the plan."""
+    precheck(evaluators, kw)
     from ..data.filters import FilterSpec  # noqa: F401  (imported for its side effect of loading data/)
     from ..engine.device import EngineSpec
     from ..engine.distributed import session
@@ -82,10 +154,6 @@ def run_command(evaluators: list[str], kw: dict) -> None:
     from ..plan import RunRequest, build_plan, describe
 
     get_ = kw.get
-    for name, allowed in (("on_bad_image", ("skip", "fail")), ("on_bad_annotation", ("skip", "fail")),
-                          ("dtype", ("fp32", "bf16", "fp16")), ("decode", ("cpu", "gpu"))):
-        if get_(name) is not None and get_(name) not in allowed:
-            raise InputError(f"--{name.replace('_', '-')} {get_(name)!r}: use {' or '.join(allowed)}")
     classes = [get(e) for e in evaluators]
     options = {c.name: evaluator_options(c, kw) for c in classes}
     engine = EngineSpec(device=get_("device") or "auto", dtype=get_("dtype") or "fp32",
@@ -134,7 +202,7 @@ def _print_plan(d: dict, as_json: bool) -> None:
 
 
 def _summarize(out, as_json: bool) -> None:
-    from ..report.console import console, print_result
+    from ..report.console import console, pooling_caption, print_result
 
     plan = out.plan
     if plan.pooling_default and plan.model is not None:
@@ -143,6 +211,7 @@ def _summarize(out, as_json: bool) -> None:
     for pooling, results in out.results.items():
         for r in results:
             print_result(r, f"{r.evaluator}  {plan.model_name()}  pooling={pooling}")
+    console.print(f"[dim]poolings: {pooling_caption(plan.poolings)}[/]")
     for role, e in out.extraction.items():
         s = e.get("store") or {}
         if s.get("space"):

@@ -30,6 +30,13 @@ def visualize(
     output_dir: o.OutputDir = None, no_progress: o.NoProgress = False,
 ) -> None:
     """Draw where the model looks: heatmap over the crop, box, top patch; score distributions; vote maps."""
+    if checkpoint is None or imagenet_root is None:
+        raise InputError("visualize needs --checkpoint and --imagenet-root")
+    if dtype not in ("fp32", "bf16", "fp16"):
+        raise InputError(f"--dtype {dtype!r}: use fp32 or bf16 or fp16")
+    if not Path(imagenet_root).is_dir():
+        raise InputError(f"{imagenet_root}: dataset root is not a folder" if Path(imagenet_root).exists()
+                         else f"{imagenet_root}: dataset root does not exist")
     from ..data.filters import FilterSpec
     from ..engine.device import EngineSpec
     from ..engine.store import StoreSpec
@@ -39,8 +46,6 @@ def visualize(
     from ..report.console import console
     from .run import poolings_from
 
-    if checkpoint is None or imagenet_root is None:
-        raise InputError("visualize needs --checkpoint and --imagenet-root")
     specs = poolings_from(pooling, topk, sigma, score_formula) or (PoolingSpec("last", topk=1),)
     if len(specs) != 1:
         raise InputError("visualize draws one pooling at a time; give one -p")

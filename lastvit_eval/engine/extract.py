@@ -145,8 +145,7 @@ def extract(
             distributed.signal_abort(store.root, str(e))
         distributed.agree(str(e))
     except KeyboardInterrupt:
-        _say_kept(report, len(todo))
-        raise
+        raise KeyboardInterrupt(_kept(report, len(todo), len(bad), shard_size, d)) from None
     if d.world > 1:
         distributed.agree(None)
     if not d.is_main:
@@ -193,7 +192,14 @@ def _assemble(ok: np.ndarray, keys: list[str], space: FeatureSpace | None, hashe
     return arrays, np.array(sorted(lost), dtype=np.int64)
 
 
-def _say_kept(report: dict, todo: int) -> None:
-    if report.get("space"):
-        console.print(f"[yellow]interrupted: {report['images_computed']} of {todo} images to compute were stored "
-                      f"(space {report['space'][:12]}); rerun the same command to resume[/]")
+def _kept(report: dict, todo: int, bad: int, shard_size: int, d) -> str:
+    """What Ctrl-C leaves behind, in one line (the CLI prints it and exits 130): finished shards are in the
+    store and the same command resumes after them."""
+    import math
+
+    mine = len(range(d.rank, math.ceil(todo / shard_size), d.world)) if todo else 0
+    done = math.ceil((report["images_computed"] + bad) / shard_size)  # chunks finish whole, in order
+    if not report.get("space"):
+        return f"no features kept (--no-cache); a rerun forwards all {todo} images again"
+    return (f"{done} of {mine} shards kept ({report['images_computed']} of {todo} images to forward) in the "
+            f"feature store {report['dir']}; rerun the same command to resume")

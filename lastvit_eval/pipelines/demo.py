@@ -1,6 +1,6 @@
 """The demo: both bundled tiny checkpoints (CLS-trained and LAST-trained) through every evaluator.
 
-One forward pass per checkpoint and image set; results/demo/<checkpoint>/<pooling>/ per run, an
+One forward pass per checkpoint and image set; <out>/<checkpoint>/<pooling>/ per run, an
 aggregated report (the CI baseline format), a paired LAST-vs-CLS comparison and a heatmap picture.
 """
 
@@ -9,17 +9,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from ..engine.device import EngineSpec
-from ..engine.store import StoreSpec
 from ..errors import InputError
-from ..pooling import PoolingSpec
+
+if TYPE_CHECKING:  # torch and pandas load only when the demo runs: `demo --where` answers at once
+    import pandas as pd
+
+    from ..engine.device import EngineSpec
+    from ..engine.store import StoreSpec
 
 EVALUATORS = ["patch-hit", "knn", "linear-probe", "classify"]
 CHECKPOINTS = ("tiny_cls.pth", "tiny_last.pth")
-POOLINGS = (PoolingSpec("cls"), PoolingSpec("last", topk=1))
+TRAINED_WITH = ("CLS", "LAST")  # the pooling each bundled checkpoint was trained with
+
+
+def demo_poolings() -> tuple:
+    """Both models are evaluated with both poolings: cls, and last with k=1 (the paper's)."""
+    from ..pooling import PoolingSpec
+
+    return PoolingSpec("cls"), PoolingSpec("last", topk=1)
 
 
 def bundled() -> tuple[Path, list[Path]]:
@@ -44,25 +53,32 @@ class DemoOutput:
 def run_demo(out: Path, engine: EngineSpec, progress: bool = True, ks: tuple[int, ...] = (10, 20),
              store: StoreSpec | None = None) -> DemoOutput | None:
     from ..data.filters import FilterSpec
+    from ..engine.store import StoreSpec
     from ..evaluators.knn import KnnOptions
     from ..pipeline import execute
     from ..plan import RunRequest, build_plan
     from ..report import aggregate as agg
     from ..report import compare as cmp
+    from ..report.console import console
     from .visualize import run_visualize
 
     data, ckpts = bundled()
     store = store or StoreSpec()
     runs, pictures = [], []
+    poolings = demo_poolings()
     # each model with the pooling it was trained with: cls for tiny_cls, last for tiny_last
-    for ckpt, own_pooling in zip(ckpts, POOLINGS, strict=True):
+    for n, (ckpt, own_pooling, trained) in enumerate(zip(ckpts, poolings, TRAINED_WITH, strict=True), 1):
+        if progress:
+            console.print(f"[bold]demo {n}/{len(ckpts)}[/]: {ckpt.name} (trained with {trained} pooling): "
+                          f"{', '.join(EVALUATORS)} with poolings {', '.join(p.name for p in poolings)}; forward "
+                          "passes over the val (test) and train images, then pictures")
         req = RunRequest(evaluators=tuple(EVALUATORS), options={"knn": KnnOptions(ks=ks)}, checkpoint=str(ckpt),
-                         poolings=POOLINGS, root=data, engine=engine, store=store, output_dir=out / ckpt.stem, dataset_name="demo",
+                         poolings=poolings, root=data, engine=engine, store=store, output_dir=out / ckpt.stem, dataset_name="demo",
                          overwrite=True, progress=progress)
         plan = build_plan(req)
         if execute(plan) is None:
             continue  # a torch.distributed rank other than 0 only extracts
-        runs += [out / ckpt.stem / p.name for p in POOLINGS]
+        runs += [out / ckpt.stem / p.name for p in poolings]
         pictures += run_visualize(plan.model, data, None, FilterSpec(), own_pooling, engine,
                                   out / "pictures" / ckpt.stem, sample=8, seed=0, progress=progress, store=store)
     from ..engine.distributed import current

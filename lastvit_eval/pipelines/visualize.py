@@ -18,6 +18,7 @@ from ..geometry import box_to_crop_coords
 from ..models import LoadedModel
 from ..pooling import PoolingSpec
 from ..report import plots
+from ..report.console import describe_pooling
 
 
 def choose(ids: list[str], wanted: list[str] | None, sample: int, seed: int) -> list[int]:
@@ -51,7 +52,7 @@ def run_visualize(
     t = model.transform
     taps = {"patch_scores", "votes"} if pooling.kind == "last" else {"patch_scores"}
     feats = extract(model, [data.records[i].path for i in picks], TapRequest((pooling,), frozenset(taps)), engine,
-                    store=store, progress=progress, description=f"{model.name} visualize", widen=True)
+                    store=store, progress=progress, description=f"{model.name} pictures ({pooling.name})", widen=True)
     if not feats.assembled:
         return []  # a torch.distributed rank other than 0: rank 0 draws
     picks = [picks[i] for i in feats.index]
@@ -59,6 +60,7 @@ def run_visualize(
         raise InputError("visualize: none of the chosen images could be decoded")
     gh, gw = model.arch.grid
     scores = feats.arrays[f"patch_scores/{pooling.name}"]
+    names = _class_names(root)
     crops, grids, crop_boxes, tops, titles = [], [], [], [], []
     for row, i in enumerate(picks):
         rec, (w, h) = data.records[i], data.sizes[i]
@@ -68,14 +70,37 @@ def run_visualize(
                                     for b in data.annotations[rec.image_id].boxes]).clip(0, t.crop))
         top = int(scores[row].argmax())
         tops.append((top // gw, top % gw))
-        titles.append(f"{rec.image_id} {data.class_of(i) or ''}".strip())
+        cls = data.class_of(i) or ""
+        titles.append(f"{rec.image_id} {names.get(cls, cls)}".strip())
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [plots.heatmap_grid(crops, grids, crop_boxes, out_dir / "heatmaps.png", top_patches=tops, titles=titles)]
     fg = targets_for(data, t.resize, t.crop, model.arch.patch_size, "any", rows=picks)
+    hits = [bool(fg[row, r * gw + c]) for row, (r, c) in enumerate(tops)]
+    what = describe_pooling(pooling)
+    cosine = f"cosine(patch token, {pooling.name} token)"
+    written = [plots.heatmap_grid(crops, grids, crop_boxes, out_dir / "heatmaps.png", top_patches=tops,
+                                  titles=titles, hits=hits, score_label=cosine,
+                                  title=f"{model.name}, {what}: where the pooled token points "
+                                        f"(colour: {cosine} per patch)")]
     written.append(plots.score_distribution(scores, fg, out_dir / "score_distribution.png",
-                                            title=f"{model.name} {pooling.name}: patch scores"))
+                                            title=f"{model.name}, {what}: patch scores of {len(picks)} images",
+                                            xlabel=cosine, fg_label="patches overlapping the object box",
+                                            bg_label="other patches"))
     if f"votes/{pooling.name}" in feats.arrays:
         votes = feats.arrays[f"votes/{pooling.name}"]
-        written.append(plots.vote_map_grid([v.reshape(gh, gw) for v in votes], out_dir / "votes.png", images=crops,
-                                           titles=titles))
+        written.append(plots.vote_map_grid(
+            [v.reshape(gh, gw) for v in votes], out_dir / "votes.png", images=crops, titles=titles, boxes=crop_boxes,
+            title=f"{model.name}, {what}: votes per patch = how many of the {model.arch.width} channels picked "
+                  f"it among their top {pooling.topk}"))
     return [Path(p) for p in written]
+
+
+def _class_names(root: Path) -> dict[str, str]:
+    """wnid -> readable name from meta/classes.tsv (`<label> <wnid> <name>`), when the dataset gives one."""
+    tsv = Path(root) / "meta" / "classes.tsv"
+    names: dict[str, str] = {}
+    if tsv.is_file():
+        for line in tsv.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.split(None, 2)
+            if len(parts) == 3:
+                names[parts[1]] = parts[2].strip()
+    return names

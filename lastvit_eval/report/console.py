@@ -24,6 +24,20 @@ console = make_console()
 SHORT_UNIT = {"percent": "%", "cosine": "cos", "seconds": "s"}  # console only; files spell units out
 
 
+def describe_pooling(p) -> str:
+    """A pooling's short name (`last-k1`) for people: `LAST pooling (k=1 patch per channel)`."""
+    if p.kind == "last":
+        extra = "".join([f", sigma={p.sigma:g}" if p.sigma is not None else "",
+                         ", paper score" if p.formula == "paper" else ""])
+        return f"LAST pooling (k={p.topk} patch{'es' if p.topk != 1 else ''} per channel{extra})"
+    return {"cls": "CLS pooling (the class token)", "gap": "GAP pooling (mean of the patch tokens)"}.get(p.kind, p.name)
+
+
+def pooling_caption(poolings: Sequence) -> str:
+    """One line naming every pooling of a run, printed once under its tables."""
+    return "; ".join(f"{p.name} = {describe_pooling(p)}" for p in poolings)
+
+
 def fmt_ci(m, digits: int = 2) -> str:
     if m.ci_low is None or m.ci_high is None:
         return ""
