@@ -165,7 +165,7 @@ def test_corrupt_shards_are_detected_and_recomputed(model, paths, tmp_path, call
     assert len(again.store["corrupt"]) == 1 and "checksum" in again.store["corrupt"][0]
     assert 1 <= sum(calls) <= 3  # only the images of that shard went through the model again
     for k in first.arrays:  # recomputed in other batches: equal up to float rounding
-        np.testing.assert_allclose(again.arrays[k], first.arrays[k], rtol=0, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(again.arrays[k], first.arrays[k], rtol=0, atol=2e-5, err_msg=k)
     calls.clear()
     extract(model, paths, REQUEST, ENGINE, progress=False, store=spec)
     assert calls == []
