@@ -118,9 +118,11 @@ def extract(
         return np.flatnonzero(~have)
 
     def compute(todo: np.ndarray, mine: bool = True) -> None:
+        if mine and d.world > 1:
+            # blocks of the whole path list go to ranks in turn: a partition every rank computes alike, however
+            # far the others have got (a rank's view of what is missing changes as they write)
+            todo = todo[(todo // shard_size) % d.world == d.rank]
         chunks = [todo[s:s + shard_size].tolist() for s in range(0, len(todo), shard_size)]
-        if mine:
-            chunks = chunks[d.rank::d.world]
         for _, chunk in runner.run(paths, chunks, progress and (d.is_main or not mine), description):
             for i, err in chunk.bad:
                 bad[i] = err
