@@ -66,10 +66,11 @@ def test_every_candidate_moves_from_its_warm_start():
     sc = Standardizer.fit(x)
     obj = logreg_lbfgs.Objective(x, y, 5, sc, dtype=torch.float32, device=CPU, chunk=512)
     wds = [3e-2, 1e-2, 3e-3, 1e-3, 3e-4]
-    fits = logreg_lbfgs.lbfgs(obj, torch.zeros(16, 5), torch.zeros(5), wds, rtol=1e-3, max_iter=100)
-    for f in fits:
-        assert f.passes > 0 and f.iterations > 0, f
-        assert f.stop == "gtol" and f.grad_rel <= 1e-3
+    for rtol in (1e-3, 0.3):  # 0.3: every warm start already meets it; each candidate still takes a step
+        fits = logreg_lbfgs.lbfgs(obj, torch.zeros(16, 5), torch.zeros(5), wds, rtol=rtol, max_iter=100)
+        for f in fits:
+            assert f.passes > 0 and f.iterations > 0, f
+            assert f.stop == "gtol" and f.grad_rel <= rtol
     # the solutions differ from one another (the warm start is not the answer)
     for a, b in zip(fits, fits[1:], strict=False):
         assert float((a.weight - b.weight).abs().max()) > 1e-3

@@ -12,7 +12,8 @@ used only when a pass is big enough to pay (`choose_dtype`); every head is score
 
 Stopping is scale-free: a candidate is solved when max |gradient| <= rtol * max |gradient at W = 0|
 (the data gradient at zero does not depend on the weight decay, so the threshold is the same for every
-candidate and every refit), or when the line search finds no acceptable step (the precision's
+candidate and every refit), after at least one step (so a warm start that already meets the tolerance
+still moves towards its own optimum), or when the line search finds no acceptable step (the precision's
 resolution), or at max_iter. A regularization path runs strongest penalty
 first, each candidate warm-started from the previous one WITH its curvature pairs: the penalty's Hessian
 is wd * I on W, so a pair (s, y) moves exactly to a new weight decay by y += (wd' - wd) * s_W.
@@ -213,7 +214,8 @@ class Fit:
     passes: int
     loss: float
     grad_max: float  # max |gradient| of the penalized objective at the solution
-    grad_rel: float  # grad_max / max |gradient at W = 0|
+    grad_rel: float  # grad_max / grad_scale
+    grad_scale: float  # max |gradient at W = 0| of this objective: what the tolerance is relative to
     stop: str  # "gtol", "line_search" or "max_iter"
     memory: Memory | None = None
 
@@ -257,7 +259,11 @@ def lbfgs(obj: Objective, w: torch.Tensor, b: torch.Tensor, wds: Sequence[float]
         f, g = obj.penalized(theta, wd)
         it, stop, t_prev = 0, "max_iter", 1.0
         while it < max_iter:
-            if float(g.abs().max()) <= gtol:
+            # At least one step per candidate: a warm start within the tolerance of its new objective
+            # would otherwise be taken as is, and the path would compare near-copies of one model. With
+            # the exactly shifted pairs that one step is close to the Newton step to the new optimum.
+            gmax = float(g.abs().max())
+            if gmax == 0 or (it > 0 and gmax <= gtol):
                 stop = "gtol"
                 break
             d = mem.direction(g, h0)
@@ -294,7 +300,7 @@ def lbfgs(obj: Objective, w: torch.Tensor, b: torch.Tensor, wds: Sequence[float]
         if stop == "max_iter" and gmax <= gtol:
             stop = "gtol"
         fits.append(Fit(wd, theta[:dc].view(obj.dim, obj.num_classes).clone(), theta[dc:].clone(), it,
-                        obj.passes - p0, f, gmax, gmax / obj.grad_scale, stop, mem))
+                        obj.passes - p0, f, gmax, gmax / obj.grad_scale, obj.grad_scale, stop, mem))
         if on_fit is not None:
             on_fit(fits[-1])
     return fits
