@@ -3,6 +3,13 @@
 LAST (frequency-domain token selection) follows the label-supervised training code that produced the
 released weights: low-pass each patch token along the channel axis, score every (patch, channel) by
 how stable it is under the low-pass, keep the top-k patches per channel and average them.
+
+The Gaussian mask is the reference's: t = arange(-D//2 + 1, D//2 + 1) against the fftshift-ed spectrum.
+For odd D it is centred on the DC bin; for even D it is centred one bin off (DC sits at t = 1, so
+g(DC) = exp(-1 / (2 sigma^2)) = 0.99935 for D = 768, sigma = sqrt(D), and the mask is not symmetric,
+whence the `.real` after the inverse FFT). We keep it: the released weights were trained with it.
+Scores are computed in float32 whatever the token dtype (fp16/bf16 tokens are upcast first), and ties
+between patches go to the lower patch index, so the choice does not depend on the topk kernel.
 """
 
 from __future__ import annotations
@@ -128,7 +135,13 @@ def last_pool(patches: torch.Tensor, spec: PoolingSpec) -> Pooled:
     b, n, d = patches.shape
     k = min(spec.topk, n)
     x = patches.float()
-    idx = last_scores(x, spec).topk(k, dim=1).indices  # [B, k, D]: per channel, the chosen patches
+    s = last_scores(x, spec)
+    # Per channel, the chosen patches [B, k, D]; ties to the lower patch index (torch.topk leaves tie
+    # order unspecified; argmax returns the first maximum; a stable sort keeps index order).
+    if k == 1:
+        idx = s.argmax(dim=1, keepdim=True)
+    else:
+        idx = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k]
     token = x.gather(1, idx).mean(dim=1)
     votes = torch.zeros(b, n, device=x.device, dtype=torch.float32)
     votes.scatter_add_(1, idx.reshape(b, k * d), torch.ones(b, k * d, device=x.device))

@@ -69,7 +69,7 @@ def test_path_solutions_reach_sklearn_objective():
     xs = sc(x, torch.device("cpu"))
     obj = logreg_lbfgs.Objective(x, y, 5, sc, dtype=torch.float32, device=torch.device("cpu"), chunk=256)
     wds = [1e-1, 1e-2, 1e-3, 1e-4]
-    fits = logreg_lbfgs.lbfgs(obj, torch.zeros(16, 5), torch.zeros(5), wds, tol=1e-7, max_iter=500)
+    fits = logreg_lbfgs.lbfgs(obj, torch.zeros(16, 5), torch.zeros(5), wds, rtol=1e-7, max_iter=500)
     for f in fits:
         clf = LogisticRegression(C=1.0 / (f.weight_decay * len(y)), tol=1e-8, max_iter=5000).fit(xs.numpy(), ytr)
         ref = _penalized(xs, y, torch.from_numpy(clf.coef_.T.copy()), torch.from_numpy(clf.intercept_), f.weight_decay)

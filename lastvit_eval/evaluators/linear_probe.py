@@ -7,8 +7,10 @@ statistics of the rows it is fit on); the chosen one is then refit on the whole 
 scored on test. Two solvers:
 
 - "lbfgs" (default): full-batch L-BFGS along a regularization path, strongest penalty first, each
-  candidate warm-started from the previous; the refit starts from the chosen hold-out solution. Stops at
-  max |gradient| <= tol like scikit-learn's lbfgs. See logreg_lbfgs.py.
+  candidate warm-started from the previous (with its curvature pairs); the refit starts from the chosen
+  hold-out solution. Every candidate is solved to max |gradient| <= tol * max |gradient at zero|, a
+  threshold that means the same for every candidate and scale; the passes, the final gradient and why
+  each stopped land in the selection table. See logreg_lbfgs.py.
 - "adam": a grid over learning rate x weight decay trained jointly by minibatch Adam for a fixed number
   of epochs (weights concatenated into one [D, m*C] matrix: one matmul per minibatch for all heads).
 """
@@ -40,7 +42,7 @@ from .checks import (
     resolve_num_classes,
     same_width,
 )
-from .logreg_lbfgs import Fit, LinearHead, Objective, compute_dtype, lbfgs
+from .logreg_lbfgs import MIN_BF16_MACS, Fit, LinearHead, Objective, choose_dtype, lbfgs
 from .scoring import mean_per_class_recall_metric, per_class_table, topk_hits
 from .standardize import Standardizer
 
@@ -49,6 +51,12 @@ DEFAULT_LRS = (2e-3,)  # adam only
 DEFAULT_EPOCHS, DEFAULT_BATCH = 5, 1024  # adam only
 # Half-decade steps; the L-BFGS path visits them strongest first (cheap: each starts near its answer).
 DEFAULT_WDS = (3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 0.0)
+# lbfgs: max |gradient| relative to its value at W = 0. bf16 passes round each gradient block to 2^-9
+# relative and stall near 1e-3; 3e-2 is 3x tighter than scikit-learn's default (tol 1e-4 absolute is
+# 9e-2 relative at 100k x 768 x 1000 classes, 9e-3 at 100 classes) and matches its test top-1 there
+# (results/bench_knn_probe.md). fp32 passes run only on problems small enough to be cheap
+# (logreg_lbfgs.MIN_BF16_MACS), which are solved close to their optimum.
+DEFAULT_RTOL = {"bf16": 3e-2, "fp32": 1e-4}
 
 
 @dataclass
@@ -190,7 +198,7 @@ def select_weight_decay(
     best: list[Fit] = []
 
     def score(f: Fit) -> None:
-        z = LinearHead(scaler, f.weight, f.bias).logits(x_hold, device, dtype, chunk)
+        z = LinearHead(scaler, f.weight, f.bias).logits(x_hold, device, chunk, dtype)
         acc[f.weight_decay] = float((z.argmax(1) == y_hold).double().mean()) * 100.0
         if best and acc[f.weight_decay] <= acc[best[0].weight_decay]:
             f.memory = None  # keep one L-BFGS memory (the best so far), not one per candidate
@@ -198,7 +206,7 @@ def select_weight_decay(
             best[:] = [f]
 
     fits = lbfgs(obj, torch.zeros(x.shape[1], num_classes), torch.zeros(num_classes),
-                 [wds[i] for i in order], tol=tol, max_iter=max_iter, on_fit=score)
+                 [wds[i] for i in order], rtol=tol, max_iter=max_iter, on_fit=score)
     by_wd = {f.weight_decay: f for f in fits}
     table = pd.DataFrame({
         "weight_decay": [float(w) for w in wds],
@@ -206,6 +214,9 @@ def select_weight_decay(
         "iterations": [by_wd[float(w)].iterations for w in wds],
         "passes": [by_wd[float(w)].passes for w in wds],
         "loss": [by_wd[float(w)].loss for w in wds],
+        "grad_max": [by_wd[float(w)].grad_max for w in wds],
+        "grad_rel": [by_wd[float(w)].grad_rel for w in wds],
+        "stop": [by_wd[float(w)].stop for w in wds],
     })
     i = int(np.argmax(table["holdout_top1"].to_numpy()))
     chosen = by_wd[float(wds[i])]
@@ -235,7 +246,7 @@ def refit(
         w, b, memory = torch.zeros(x.shape[1], num_classes), torch.zeros(num_classes), None
     else:
         (w, b), memory = start_scaler.carry(scaler, start.weight, start.bias), start.memory
-    fit = lbfgs(obj, w, b, [wd], tol=tol, max_iter=max_iter, memory=memory)[0]
+    fit = lbfgs(obj, w, b, [wd], rtol=tol, max_iter=max_iter, memory=memory)[0]
     return LinearHead(scaler, fit.weight, fit.bias), fit
 
 
@@ -249,10 +260,11 @@ def evaluate(
     num_classes: int | None = None,
     weight_decays: Sequence[float] = DEFAULT_WDS,
     solver: str = "lbfgs",
-    tol: float = 1e-4,
+    tol: float | None = None,
     max_iter: int = 100,
     precision: str = "bf16",
     chunk: int = 8192,
+    min_bf16_macs: int = MIN_BF16_MACS,
     lrs: Sequence[float] | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
@@ -262,8 +274,10 @@ def evaluate(
 ) -> Result:
     """Top-1/top-5 (Wilson CIs) and mean per-class recall (bootstrap CI) of the refit best head.
 
-    lbfgs: `tol` (max |gradient|, as scikit-learn), `max_iter` (L-BFGS iterations per candidate),
-    `precision` ("bf16": bf16 matmuls with fp32 accumulation; "fp32"), `chunk` (rows per matmul).
+    lbfgs: `tol` (max |gradient| relative to its value at W = 0; None: DEFAULT_RTOL of the precision
+    used), `max_iter` (L-BFGS iterations per candidate), `precision` ("bf16": bf16 passes when
+    rows * dim * classes >= `min_bf16_macs`, else fp32; "fp32"; info["precision_used"] says which ran),
+    `chunk` (rows per matmul).
     adam: `lrs`, `epochs`, `batch_size` (defaults DEFAULT_LRS, DEFAULT_EPOCHS, DEFAULT_BATCH).
     """
     train = as_features(train_feats, "train_feats")
@@ -285,11 +299,11 @@ def evaluate(
     else:
         if lrs is not None or epochs is not None or batch_size is not None:
             raise InputError("linear probe: lrs, epochs and batch_size apply to solver='adam' only")
-        if not tol > 0 or max_iter < 1 or chunk < 1:
+        if (tol is not None and not tol > 0) or max_iter < 1 or chunk < 1:
             raise InputError(f"linear probe: tol, max_iter and chunk must be positive, got {tol=}, "
                              f"{max_iter=}, {chunk=}")
         z, info, selection = _lbfgs(train, ytr, test, n_cls, weight_decays, tol, max_iter, precision, chunk,
-                                    holdout_fraction, seed, dev)
+                                    holdout_fraction, seed, dev, min_bf16_macs)
     pred, top1, top5 = topk_hits(z, yte)
     yn = yte.numpy()
     rows = pd.DataFrame({"image_id": ids, "label": yn, "pred": pred, "top1": top1, "top5": top5})
@@ -319,8 +333,10 @@ def evaluate(
 
 
 def _lbfgs(train, ytr, test, n_cls, weight_decays, tol, max_iter, precision, chunk, holdout_fraction, seed,
-           dev) -> tuple[torch.Tensor, dict, pd.DataFrame]:
-    dtype = compute_dtype(precision)
+           dev, min_bf16_macs) -> tuple[torch.Tensor, dict, pd.DataFrame]:
+    dtype = choose_dtype(precision, train.shape[0], train.shape[1], n_cls, min_bf16_macs)
+    used = "bf16" if dtype == torch.bfloat16 else "fp32"
+    tol = DEFAULT_RTOL[used] if tol is None else tol
     wds = _weight_decays(weight_decays)
     kw = {"tol": tol, "max_iter": max_iter, "dtype": dtype, "device": dev, "chunk": chunk}
     if len(wds) > 1:
@@ -330,9 +346,13 @@ def _lbfgs(train, ytr, test, n_cls, weight_decays, tol, max_iter, precision, chu
         best, start, start_scaler = 0, None, None
         selection = pd.DataFrame({"weight_decay": wds, "holdout_top1": [float("nan")]})
     head, fit = refit(train, ytr, n_cls, start, start_scaler, wds[best], **kw)
-    z = head.logits(test, dev, dtype, chunk)
-    info = {"chosen_weight_decay": wds[best], "tol": tol, "max_iter": max_iter, "precision": precision,
-            "chunk": chunk, "refit_iterations": fit.iterations, "refit_passes": fit.passes}
+    z = head.logits(test, dev, chunk)
+    info = {"chosen_weight_decay": wds[best], "tol": tol, "tol_abs": tol * fit.grad_scale, "max_iter": max_iter,
+            "precision": precision, "precision_used": used,
+            "min_bf16_macs": min_bf16_macs, "chunk": chunk, "refit_iterations": fit.iterations,
+            "refit_passes": fit.passes, "refit_grad_max": fit.grad_max, "refit_grad_rel": fit.grad_rel,
+            "refit_stop": fit.stop, "refit_loss": fit.loss,
+            "passes_total": int(selection["passes"].sum() if "passes" in selection else 0) + fit.passes}
     return z, info, selection
 
 

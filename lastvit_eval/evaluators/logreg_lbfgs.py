@@ -1,19 +1,29 @@
 """Full-batch L-BFGS for multinomial logistic regression on standardized features.
 
 Why full batch: one pass over the rows is two large matmuls per chunk (logits, then X^T (P - Y)), which
-use every core far better than minibatch steps; bf16 matmuls (fp32 accumulation inside the GEMM, fp32
-softmax, loss and gradient sums) are several times faster than fp32 on CPUs with avx512_bf16/AMX.
-The objective is mean cross-entropy + wd/2 ||W||^2 (bias unpenalized), i.e. scikit-learn's
-LogisticRegression with C = 1 / (wd * n). Stopping follows scikit-learn's lbfgs: max |gradient| <= tol.
-A regularization path runs strongest penalty first, each candidate warm-started from the previous one.
+use every core far better than minibatch steps. The objective is mean cross-entropy + wd/2 ||W||^2
+(bias unpenalized), i.e. scikit-learn's LogisticRegression with C = 1 / (wd * n).
+
+Precision. "bf16" passes store the standardized rows in bf16 and run both matmuls in bf16: torch's CPU
+GEMM accumulates in fp32 but rounds its OUTPUT to bf16, so the logits and each chunk's gradient block
+carry bf16 rounding (relative 2^-9); softmax, loss and the sums over chunks are fp32/fp64. That is 6x
+faster than fp32 on AMX/avx512_bf16 CPUs but the result depends on the CPU's bf16 kernels, so bf16 is
+used only when a pass is big enough to pay (`choose_dtype`); every head is scored in fp32.
+
+Stopping is scale-free: a candidate is solved when max |gradient| <= rtol * max |gradient at W = 0|
+(the data gradient at zero does not depend on the weight decay, so the threshold is the same for every
+candidate and every refit), after at least one step (so a warm start that already meets the tolerance
+still moves towards its own optimum), or when the line search finds no acceptable step (the precision's
+resolution), or at max_iter. A regularization path runs strongest penalty
+first, each candidate warm-started from the previous one WITH its curvature pairs: the penalty's Hessian
+is wd * I on W, so a pair (s, y) moves exactly to a new weight decay by y += (wd' - wd) * s_W.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,6 +31,10 @@ from ..errors import InputError
 from .standardize import Standardizer
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# bf16 only when one pass's logits GEMM (rows x dim x classes multiply-adds) reaches this (2.7e8, e.g.
+# 10k rows x 768 x 35 classes): below it an fp32 pass takes milliseconds, so the problem is solved in fp32
+# to a tight tolerance and the answer does not depend on the CPU's bf16 kernels.
+MIN_BF16_MACS = 2**28
 
 
 def compute_dtype(precision: str) -> torch.dtype:
@@ -29,23 +43,31 @@ def compute_dtype(precision: str) -> torch.dtype:
     return PRECISIONS[precision]
 
 
+def choose_dtype(precision: str, rows: int, dim: int, num_classes: int,
+                 min_bf16_macs: int = MIN_BF16_MACS) -> torch.dtype:
+    """The precision actually used: "bf16" is honoured only when rows * dim * classes >= min_bf16_macs."""
+    dtype = compute_dtype(precision)
+    if dtype == torch.bfloat16 and rows * dim * num_classes < min_bf16_macs:
+        return torch.float32
+    return dtype
+
+
 @dataclass
 class LinearHead:
-    """A head on standardized features: logits = (x - mean) / std @ W + b."""
+    """A head on standardized features: logits = (x - mean) / std @ W + b, always scored in fp32."""
 
     scaler: Standardizer
     weight: torch.Tensor
     bias: torch.Tensor
 
     @torch.no_grad()
-    def logits(self, x: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32,
-               chunk: int = 8192) -> torch.Tensor:
-        """[N, C] float32 logits on CPU, chunk by chunk (matmul in `dtype`, as in training)."""
-        w = self.weight.to(device=device, dtype=dtype)
-        b = self.bias.to(device)
-        out = [((self.scaler(x[i : i + chunk], device).to(dtype) @ w).float() + b).cpu()
-               for i in range(0, x.shape[0], chunk)]
-        return torch.cat(out)
+    def logits(self, x: torch.Tensor, device: torch.device, chunk: int = 8192,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """[N, C] float32 logits on CPU, chunk by chunk. fp32 matmuls unless `dtype` says otherwise (the
+        hold-out ranking of candidates may use the passes' bf16; a head's reported scores never do)."""
+        w, b = self.weight.to(device=device, dtype=dtype), self.bias.to(device=device, dtype=torch.float32)
+        return torch.cat([(self.scaler(x[i : i + chunk], device).to(dtype) @ w).float().add_(b).cpu()
+                          for i in range(0, x.shape[0], chunk)])
 
 
 class Objective:
@@ -53,8 +75,7 @@ class Objective:
 
     The rows are standardized once into `dtype` (bf16: half the float32 input's size); per-chunk
     workspaces are preallocated, so a pass allocates nothing large. The last (loss, gradient) is
-    memoized on (W, b): L-BFGS re-evaluates its starting point on every call, and moving along the
-    path changes only the penalty term. `passes` counts full passes over the rows.
+    memoized on (W, b). `passes` counts full passes over the rows (W = 0 needs none: class sums).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, num_classes: int, scaler: Standardizer, *,
@@ -68,6 +89,15 @@ class Objective:
         self.passes = 0
         self._memo: tuple | None = None
         self._class_sums: torch.Tensor | None = None
+        self._g0: float | None = None
+
+    @property
+    def grad_scale(self) -> float:
+        """max |data gradient| at W = 0, b = 0: the scale the stopping tolerance is relative to."""
+        if self._g0 is None:
+            _, gw, gb = self._at_zero(torch.zeros(self.num_classes, device=self.device))
+            self._g0 = max(float(gw.abs().max()), float(gb.abs().max()), 1e-30)
+        return self._g0
 
     def data_term(self, w: torch.Tensor, b: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
         """(mean cross-entropy, its gradient in W [D, C], in b [C]) at float32 (W, b)."""
@@ -98,8 +128,7 @@ class Objective:
         self.passes += 1
         low = self.dtype != torch.float32
         k, c, dev = self.chunk, self.num_classes, self.device
-        z_all, zmax_all, zsum_all = (torch.empty(k, c, device=dev), torch.empty(k, device=dev),
-                                     torch.empty(k, device=dev))
+        z_all = torch.empty(k, c, device=dev)
         zl_all = torch.empty(k, c, dtype=self.dtype, device=dev) if low else None
         gw_part = torch.empty(self.dim, c, dtype=self.dtype, device=dev) if low else None
         minus_one = torch.full((k, 1), -1.0, device=dev)
@@ -109,43 +138,74 @@ class Objective:
         for i in range(0, self.n, k):
             xc, yc = self.xs[i : i + k], self.y[i : i + k, None]
             r = xc.shape[0]
-            z, zmax, zsum = z_all[:r], zmax_all[:r], zsum_all[:r]
-            if low:
+            if low:  # the GEMM's output is bf16 (no fp32-output bf16 GEMM on CPU): logits rounded here
                 torch.matmul(xc, wc, out=zl_all[:r])
-                torch.add(zl_all[:r], b, out=z)
+                z = z_all[:r].copy_(zl_all[:r]).add_(b)  # copy then add: 3x faster than a mixed-dtype add
             else:
-                torch.addmm(b, xc, wc, out=z)
-            # Softmax by hand (max, exp, sum): torch.logsumexp plus a second exp costs twice as much.
+                z = torch.addmm(b, xc, wc, out=z_all[:r])
+            z = torch.log_softmax(z, 1)  # one fused kernel (max, exp, sum, log); loss = -log p[y]
             loss -= z.gather(1, yc).sum(dtype=torch.float64)
-            torch.amax(z, 1, out=zmax)
-            z.sub_(zmax[:, None]).exp_()
-            torch.sum(z, 1, out=zsum)
-            loss += zsum.log().add_(zmax).sum(dtype=torch.float64)  # sum of log-sum-exp
-            z.div_(zsum[:, None]).scatter_add_(1, yc, minus_one[:r])  # softmax - one-hot
+            z.exp_().scatter_add_(1, yc, minus_one[:r])  # softmax - one-hot
             gb += z.sum(0)
-            if low:
+            if low:  # P - Y rounded to bf16 as GEMM input; the chunk's block comes out bf16, summed in fp32
                 zl_all[:r].copy_(z)
                 gw += torch.matmul(xc.T, zl_all[:r], out=gw_part)
             else:
                 gw.addmm_(xc.T, z)
         return float(loss) / self.n, gw.div_(self.n), gb.div_(self.n)
 
-    def closure(self, w: torch.Tensor, b: torch.Tensor, wd: float) -> Callable[[], float]:
-        """Closure for torch.optim.LBFGS: sets w.grad, b.grad and returns the penalized loss."""
+    def penalized(self, theta: torch.Tensor, wd: float) -> tuple[float, torch.Tensor]:
+        """(loss + wd/2 ||W||^2, flat gradient) at flat theta = [W.ravel(), b]."""
+        dc = self.dim * self.num_classes
+        w, b = theta[:dc].view(self.dim, self.num_classes), theta[dc:]
+        loss, gw, gb = self.data_term(w, b)
+        g = torch.cat([gw.reshape(-1) + wd * theta[:dc], gb])
+        return loss + 0.5 * wd * float(theta[:dc].square().sum(dtype=torch.float64)), g
 
-        @torch.no_grad()
-        def f() -> float:
-            loss, gw, gb = self.data_term(w, b)
-            w.grad = gw + wd * w
-            b.grad = gb.clone()
-            return loss + 0.5 * wd * float(w.square().sum())
 
-        return f
+@dataclass
+class Memory:
+    """L-BFGS curvature pairs (s, y) of the penalized objective at weight decay `wd`; flat vectors."""
+
+    wd: float
+    n_weight: int  # the first n_weight entries of theta are W (penalized); the rest is b
+    s: list[torch.Tensor] = field(default_factory=list)
+    y: list[torch.Tensor] = field(default_factory=list)
+
+    def at(self, wd: float) -> Memory:
+        """The same pairs for weight decay wd: exact, since the penalty's Hessian is wd on W, 0 on b."""
+        ys = []
+        for s, y in zip(self.s, self.y, strict=True):
+            y = y.clone()
+            y[: self.n_weight] += (wd - self.wd) * s[: self.n_weight]
+            ys.append(y)
+        keep = [i for i, y in enumerate(ys) if float(self.s[i] @ y) > 0]
+        return Memory(wd, self.n_weight, [self.s[i] for i in keep], [ys[i] for i in keep])
+
+    def push(self, s: torch.Tensor, y: torch.Tensor, history: int) -> None:
+        if float(s @ y) > 1e-12 * float(y @ y):  # curvature condition; always true for wd > 0 in exact math
+            self.s.append(s)
+            self.y.append(y)
+            del self.s[:-history], self.y[:-history]
+
+    def direction(self, g: torch.Tensor, h0: float) -> torch.Tensor:
+        """-H g by the two-loop recursion; H0 = gamma I (gamma = s'y / y'y of the newest pair, else 1/h0)."""
+        q, alphas = g.clone(), []
+        rhos = [1.0 / float(s @ y) for s, y in zip(self.s, self.y, strict=True)]
+        for s, y, rho in zip(reversed(self.s), reversed(self.y), reversed(rhos), strict=True):
+            a = rho * float(s @ q)
+            q.add_(y, alpha=-a)
+            alphas.append(a)
+        gamma = float(self.s[-1] @ self.y[-1]) / float(self.y[-1] @ self.y[-1]) if self.s else 1.0 / h0
+        q.mul_(gamma)
+        for s, y, rho, a in zip(self.s, self.y, rhos, reversed(alphas), strict=True):
+            q.add_(s, alpha=a - rho * float(y @ q))
+        return q.neg_()
 
 
 @dataclass
 class Fit:
-    """One solution on the path, with its L-BFGS cost and state (to warm-start a refit)."""
+    """One solution on the path, with its cost, final gradient and curvature memory (to warm-start a refit)."""
 
     weight_decay: float
     weight: torch.Tensor
@@ -153,51 +213,94 @@ class Fit:
     iterations: int
     passes: int
     loss: float
-    memory: dict | None = None
+    grad_max: float  # max |gradient| of the penalized objective at the solution
+    grad_rel: float  # grad_max / grad_scale
+    grad_scale: float  # max |gradient at W = 0| of this objective: what the tolerance is relative to
+    stop: str  # "gtol", "line_search" or "max_iter"
+    memory: Memory | None = None
 
 
-def lbfgs(obj: Objective, w: torch.Tensor, b: torch.Tensor, wds: Sequence[float], *, tol: float,
-          max_iter: int, history: int = 10, memory: dict | None = None,
+# Hager-Zhang approximate Wolfe conditions: sigma phi'(0) <= phi'(t) <= (2 delta - 1) phi'(0).
+DELTA, SIGMA = 0.1, 0.9
+
+
+def _secant(lo: tuple[float, float], hi: tuple[float, float] | None, gd: float) -> float:
+    """Next trial step: the root of phi' by secant between (t, phi'(t)) pairs, bisection as a guard."""
+    (a, da) = lo
+    if hi is None:  # still descending steeply at t = a: extrapolate through (0, phi'(0)), 2x to 10x
+        t = -gd * a / (da - gd) if da > gd else 10.0 * a
+        return min(max(t, 2.0 * a), 10.0 * a)
+    (b, db) = hi
+    t = a - da * (b - a) / (db - da) if math.isfinite(db) and db > da else 0.5 * (a + b)
+    return t if a + 0.01 * (b - a) <= t <= b - 0.01 * (b - a) else 0.5 * (a + b)
+
+
+def lbfgs(obj: Objective, w: torch.Tensor, b: torch.Tensor, wds: Sequence[float], *, rtol: float,
+          max_iter: int, history: int = 10, max_ls: int = 6, memory: Memory | None = None,
           on_fit: Callable[[Fit], None] | None = None) -> list[Fit]:
-    """Solve for each weight decay in order, each warm-started from the previous solution.
+    """Solve for each weight decay in order, each warm-started from the previous solution and its pairs.
 
-    Warm starts keep W, b and the L-BFGS curvature memory (`memory`: a Fit's state, e.g. from the
-    hold-out fit, for the refit); the step that would straddle two objectives is dropped from it.
-    A fresh start's first trial step is 1/h along -g, h = 1/C + wd, instead of torch's 1/|g|_1 (far
-    too short for 768k-parameter heads, costing passes to extrapolate): at uniform predictions the
-    cross-entropy's curvature is ~1/C per unit of standardized feature variance, so from W = 0 that
-    step is the class-mean classifier at the Newton scale.
+    Line search on phi'(t) = g(theta + t d)'d alone, by secant from the unit step, accepting Hager and
+    Zhang's approximate Wolfe conditions: in bf16 the loss carries rounding noise larger than the
+    decrease near the optimum (Armijo then rejects good steps), the directional derivative does not;
+    convexity makes phi' increasing, so phi'(t) <= 0.8 |phi'(0)| still bounds the loss from above for a
+    near-quadratic phi. Without pairs the first step is -g / h, h = 1/C + wd: at uniform predictions the
+    cross-entropy's curvature is ~1/C per unit of standardized feature variance, so from W = 0 that is
+    the class-mean classifier at the Newton scale.
     """
-    w = w.detach().clone().requires_grad_(True)
-    b = b.detach().clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
-                            history_size=history, line_search_fn="strong_wolfe")
-    group = opt.param_groups[0]
-    if memory is not None:
-        opt.load_state_dict(copy.deepcopy(memory))
-        group.update(max_iter=max_iter, tolerance_grad=tol, history_size=history)
+    dc = obj.dim * obj.num_classes
+    theta = torch.cat([w.detach().reshape(-1).float(), b.detach().float()]).to(obj.device)
+    gtol = rtol * obj.grad_scale
+    mem = memory
     fits = []
-    for wd in wds:
-        state = opt.state[w]
-        it0, p0 = state.get("n_iter", 0), obj.passes
-        closure = obj.closure(w, b, float(wd))
-        if it0 == 0:
-            closure()  # memoized: step() re-evaluates this point for free
-            g1 = float(w.grad.abs().sum() + b.grad.abs().sum())
-            group.update(lr=(1.0 / (1.0 / obj.num_classes + wd)) / min(1.0, 1.0 / max(g1, 1e-30)), max_iter=1)
-            opt.step(closure)
-            group.update(lr=1.0, max_iter=max_iter - 1)
-            if max_iter > 1:
-                opt.step(closure)
-            group.update(max_iter=max_iter)
-        else:
-            state["t"] = 0.0  # s = t * d = 0: no curvature pair from a step across objectives
-            opt.step(closure)
-        loss = float(closure())  # memoized: the loss at the solution, no extra pass
-        if not math.isfinite(loss):
-            raise InputError(f"linear probe: L-BFGS diverged at weight decay {wd} (loss {loss})")
-        fits.append(Fit(float(wd), w.detach().clone(), b.detach().clone(), opt.state[w]["n_iter"] - it0,
-                        obj.passes - p0, loss, copy.deepcopy(opt.state_dict())))
+    for wd in (float(v) for v in wds):
+        mem = Memory(wd, dc) if mem is None else mem.at(wd)
+        p0, h0 = obj.passes, 1.0 / obj.num_classes + wd
+        f, g = obj.penalized(theta, wd)
+        it, stop, t_prev = 0, "max_iter", 1.0
+        while it < max_iter:
+            # At least one step per candidate: a warm start within the tolerance of its new objective
+            # would otherwise be taken as is, and the path would compare near-copies of one model. With
+            # the exactly shifted pairs that one step is close to the Newton step to the new optimum.
+            gmax = float(g.abs().max())
+            if gmax == 0 or (it > 0 and gmax <= gtol):
+                stop = "gtol"
+                break
+            d = mem.direction(g, h0)
+            gd = float(g @ d)
+            if not gd < 0:  # not a descent direction (rounding): restart from steepest descent
+                mem = Memory(wd, dc)
+                d = g / -h0
+                gd = float(g @ d)
+            # Far from the optimum the softmax saturates along d and the unit step overshoots ~10x, step
+            # after step: start from twice the last accepted step instead (one pass instead of two).
+            t, accepted, lo, hi = min(1.0, 2.0 * t_prev), False, (0.0, gd), None
+            for _ in range(max_ls):
+                f_new, g_new = obj.penalized(theta + t * d, wd)
+                dd = float(g_new @ d)  # phi'(t), increasing in t: the problem is convex
+                if math.isfinite(f_new) and SIGMA * gd <= dd <= (2 * DELTA - 1) * gd:
+                    accepted = True
+                    break
+                if not math.isfinite(f_new) or dd > 0:
+                    hi = (t, dd if math.isfinite(f_new) else math.inf)
+                else:
+                    lo = (t, dd)
+                t = _secant(lo, hi, gd)
+            if not accepted:
+                stop = "line_search"
+                break
+            it, t_prev = it + 1, t
+            s = t * d
+            mem.push(s, g_new - g, history)
+            theta.add_(s)
+            f, g = f_new, g_new
+        if not math.isfinite(f):
+            raise InputError(f"linear probe: L-BFGS diverged at weight decay {wd} (loss {f})")
+        gmax = float(g.abs().max())
+        if stop == "max_iter" and gmax <= gtol:
+            stop = "gtol"
+        fits.append(Fit(wd, theta[:dc].view(obj.dim, obj.num_classes).clone(), theta[dc:].clone(), it,
+                        obj.passes - p0, f, gmax, gmax / obj.grad_scale, obj.grad_scale, stop, mem))
         if on_fit is not None:
             on_fit(fits[-1])
     return fits
