@@ -134,8 +134,8 @@ WeightDecays = Annotated[str | None, _opt("--weight-decays", help="Comma-separat
 Solver = Annotated[str, _opt("--solver", help="lbfgs (full batch, weight-decay path) or adam.", panel=PROBE)]
 HoldoutFraction = Annotated[float, _opt("--holdout-fraction", help="Share of each training class held out for the "
                                         "selection.", panel=PROBE)]
-ProbePrecision = Annotated[str, _opt("--probe-precision", help="lbfgs matmuls: bf16 (fp32 accumulation) or fp32.",
-                                     panel=PROBE)]
+ProbePrecision = Annotated[str, _opt("--probe-precision", help="bf16: bf16 passes when rows x dim x classes >= "
+                                     "2^28, else fp32 (recorded as precision_used); fp32: always fp32.", panel=PROBE)]
 Lrs = Annotated[str | None, _opt("--lrs", help="adam: comma-separated learning rates (default 2e-3).",
                                  panel=PROBE)]
 LOC = "Object discovery / segmentation"
