@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         f"| | floor: `python -c \"import lastvit_eval.cli\"` | {common.spread(imports)} | "
         f"{common.spread([t / first[j // 2] for j, t in enumerate(imports)], '{:.1%}')} | - |",
         "",
-        "Commands of the last round (`$TMP`: the benchmark's temporary folder):",
+        "Commands of round 1 (`$TMP`: the benchmark's temporary folder; later rounds use store-1, out-1, ...):",
         "",
         *[f"{i}. `{s['command']}`" for i, s in enumerate(steps.values(), 1)],
         "",
