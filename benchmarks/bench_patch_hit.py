@@ -13,7 +13,7 @@ generated ImageNet-like JPEGs with Pascal VOC boxes. Every measurement is repeat
 the rounds interleave all variants so a noisy neighbour hits them alike; cells give min / median / max.
 Writes results/bench_patch_hit.md.
 
-    python benchmarks/bench_patch_hit.py [--images 96] [--batch-size 32] [--rounds 5] [--threads 2]
+    python benchmarks/bench_patch_hit.py [--images 96] [--batch-size 32] [--rounds 5] [--workers 0,2]
 """
 
 from __future__ import annotations
@@ -125,12 +125,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=96)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=1, help="decode workers of the pipeline's DataLoader")
+    ap.add_argument("--workers", default="0,2", help="decode workers of the pipeline's DataLoader, comma-separated: "
+                    "one pipeline variant each (2 = the CLI default on a 2-CPU machine)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--naive-images", type=int, default=32, help="images the naive loop runs on")
     ap.add_argument("--matmul", type=int, default=4096, help="side of the square matmul ceiling")
     ap.add_argument("--out", type=Path, default=Path("results/bench_patch_hit.md"))
     args = ap.parse_args(argv)
+    workers = [int(w) for w in args.workers.split(",")]
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     dtypes = ("fp32", "bf16")
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         ref = common.random_vit_b_16()
         ckpt = common.save_d2_checkpoint(ref, tmp / "vit_b_16_d2.pth")
         # the images the pipeline forwards (patch-hit keeps those whose box meets the crop), pre-decoded
-        plan = build_plan(request(ckpt, root, "fp32", tmp / "probe", args.batch_size, args.workers))
+        plan = build_plan(request(ckpt, root, "fp32", tmp / "probe", args.batch_size, 0))
         paths = [plan.test.paths[i] for i in plan.test_positions()]
         model = load_model(ckpt)
         pixels = torch.stack([model.transform.pixels(load_rgb(p)) for p in paths])
@@ -161,18 +163,20 @@ def main(argv: list[str] | None = None) -> None:
             for dtype in dtypes:
                 torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
                 log(f"round {r + 1}/{args.rounds}: {dtype} ceiling, bare forward, pipeline ...")
-                for step in (("ceiling", "bare", "pipe") if r % 2 == 0 else ("pipe", "bare", "ceiling")):
+                order = ["ceiling", "bare", *workers]
+                for step in (order if r % 2 == 0 else order[::-1]):
                     if step == "ceiling":
                         add(f"ceiling/{dtype}", common.matmul_ceiling(args.matmul, torch_dtype))
                     elif step == "bare":
                         add(f"bare/{dtype}", len(paths) / bare_forward(model, pixels, dtype, args.batch_size))
                     else:
                         plan_s, exec_s, n_eval, hits, tops = pipeline(
-                            request(ckpt, root, dtype, tmp / f"out-{dtype}-{r}", args.batch_size, args.workers))
-                        add(f"pipe/{dtype}", n_eval / exec_s)
-                        add(f"plan/{dtype}", plan_s)
+                            request(ckpt, root, dtype, tmp / f"out-{dtype}-{r}-{step}", args.batch_size, step))
+                        add(f"pipe/{dtype}/w{step}", n_eval / exec_s)
+                        add(f"plan/{dtype}/w{step}", plan_s)
                         last[dtype] = (hits, tops)
-                add(f"ratio/{dtype}", runs[f"pipe/{dtype}"][-1] / runs[f"bare/{dtype}"][-1])
+                for w in workers:
+                    add(f"ratio/{dtype}/w{w}", runs[f"pipe/{dtype}/w{w}"][-1] / runs[f"bare/{dtype}"][-1])
                 add(f"flopfrac/{dtype}", runs[f"bare/{dtype}"][-1] * flops / runs[f"ceiling/{dtype}"][-1])
             log(f"round {r + 1}/{args.rounds}: naive loop ...")
             naive_hits, naive_tops, naive_s = naive_loop(ref, root, args.naive_images)
@@ -187,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"ViT-B/16 (torchvision, random init perturbed, detectron2 checkpoint), {args.images} generated JPEGs "
         f"(500x375-640x480) of which patch-hit keeps {n} (box inside the 224 crop), CLS pooling, `any` rule, "
-        f"batch {args.batch_size}, {args.workers} decode worker(s), no feature store (`--no-cache`). "
+        f"batch {args.batch_size}, no feature store (`--no-cache`); the pipeline runs once per number of DataLoader "
+        f"decode workers ({args.workers}). "
         f"{args.rounds} rounds; in each, per dtype, the matmul ceiling, the bare forward and the pipeline run back "
         "to back (order reversed every other round) and the two fractions are taken within the round; cells "
         f"are min / median / max over the rounds. The naive loop runs on the first {args.naive_images} images.",
@@ -196,22 +201,24 @@ def main(argv: list[str] | None = None) -> None:
         f"Command: `python {' '.join(['benchmarks/bench_patch_hit.py', *(argv if argv is not None else sys.argv[1:])])}`.",
         f"FLOPs per image (FlopCounterMode, `backbone.tokens` at 224): {flops / 1e9:.2f} GFLOP.",
         "",
-        "| dtype | pipeline img/s | bare forward img/s | **pipeline / bare** (goal >= 90%) | "
+        "| dtype | decode workers | pipeline img/s | bare forward img/s | **pipeline / bare** (goal >= 90%) | "
         f"matmul ceiling {args.matmul}^3 GFLOP/s | forward GFLOP/s | **forward / ceiling** (goal >= 70%) | "
         "plan s (checks, model load) | vs naive fp32 loop (secondary) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for dtype in dtypes:
         fwd_gflops = [v * flops / 1e9 for v in runs[f"bare/{dtype}"]]
-        vs_naive = [p / q for p, q in zip(runs[f"pipe/{dtype}"], runs["naive"], strict=True)]
-        lines.append(
-            f"| {dtype} | {common.spread(runs[f'pipe/{dtype}'])} | {common.spread(runs[f'bare/{dtype}'])} | "
-            f"{common.spread(runs[f'ratio/{dtype}'], pct)} | "
-            f"{common.spread([v / 1e9 for v in runs[f'ceiling/{dtype}']], '{:.0f}')} | "
-            f"{common.spread(fwd_gflops, '{:.0f}')} | {common.spread(runs[f'flopfrac/{dtype}'], pct)} | "
-            f"{common.spread(runs[f'plan/{dtype}'])} | {common.spread(vs_naive, '{:.2f}x')} |")
+        for w in workers:
+            key = f"{dtype}/w{w}"
+            vs_naive = [p / q for p, q in zip(runs[f"pipe/{key}"], runs["naive"], strict=True)]
+            lines.append(
+                f"| {dtype} | {w} | {common.spread(runs[f'pipe/{key}'])} | {common.spread(runs[f'bare/{dtype}'])} | "
+                f"{common.spread(runs[f'ratio/{key}'], pct)} | "
+                f"{common.spread([v / 1e9 for v in runs[f'ceiling/{dtype}']], '{:.0f}')} | "
+                f"{common.spread(fwd_gflops, '{:.0f}')} | {common.spread(runs[f'flopfrac/{dtype}'], pct)} | "
+                f"{common.spread(runs[f'plan/{key}'])} | {common.spread(vs_naive, '{:.2f}x')} |")
     lines += [
-        f"| naive loop (fp32, batch 1, {args.naive_images} images) | {common.spread(runs['naive'])} | | | | | | | "
+        f"| naive loop (fp32, batch 1, {args.naive_images} images) | 1 | {common.spread(runs['naive'])} | | | | | | | "
         "1.00x |",
         "",
         "Best of the rounds (each rate's best, against the best ceiling: a neighbour can slow a run, not speed "
@@ -220,18 +227,21 @@ def main(argv: list[str] | None = None) -> None:
     ]
     verdicts = []
     for dtype in dtypes:
-        pipe_frac = best[f"pipe/{dtype}"] / best[f"bare/{dtype}"]
         flop_frac = best[f"bare/{dtype}"] * flops / best[f"ceiling/{dtype}"]
         verdicts.append(
-            f"- {dtype}: pipeline {best[f'pipe/{dtype}']:.2f} img/s = **{pipe_frac:.0%}** of the bare forward "
-            f"({best[f'bare/{dtype}']:.2f} img/s; per-round median "
-            f"{statistics.median(runs[f'ratio/{dtype}']):.0%}): goal >= 90% "
-            f"**{'met' if pipe_frac >= GOAL_PIPELINE else 'not met'}**;"
-            f" forward {best[f'bare/{dtype}'] * flops / 1e9:.0f} GFLOP/s = **{flop_frac:.0%}** of the {dtype} "
-            f"matmul ceiling ({best[f'ceiling/{dtype}'] / 1e9:.0f} GFLOP/s; per-round median "
+            f"- {dtype} forward {best[f'bare/{dtype}'] * flops / 1e9:.0f} GFLOP/s = **{flop_frac:.0%}** of the "
+            f"{dtype} matmul ceiling ({best[f'ceiling/{dtype}'] / 1e9:.0f} GFLOP/s; per-round median "
             f"{statistics.median(runs[f'flopfrac/{dtype}']):.0%}): goal >= 70% "
-            f"**{'met' if flop_frac >= GOAL_FLOPS else 'not met'}**; {best[f'pipe/{dtype}'] / best['naive']:.2f}x "
-            "the naive fp32 loop.")
+            f"**{'met' if flop_frac >= GOAL_FLOPS else 'not met'}**.")
+        for w in workers:
+            key = f"{dtype}/w{w}"
+            pipe_frac = best[f"pipe/{key}"] / best[f"bare/{dtype}"]
+            verdicts.append(
+                f"- {dtype}, {w} decode worker(s): pipeline {best[f'pipe/{key}']:.2f} img/s = **{pipe_frac:.0%}** of "
+                f"the bare forward ({best[f'bare/{dtype}']:.2f} img/s; per-round median "
+                f"{statistics.median(runs[f'ratio/{key}']):.0%}): goal >= 90% "
+                f"**{'met' if pipe_frac >= GOAL_PIPELINE else 'not met'}**; "
+                f"{best[f'pipe/{key}'] / best['naive']:.2f}x the naive fp32 loop.")
     lines += verdicts
     lines += [
         "",
