@@ -9,8 +9,8 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 PARTS = [
-    ("bench_patch_hit.md", "python benchmarks/bench_patch_hit.py --images 128 --batch-size 32 --rounds 3"),
-    ("bench_chain.md", "python benchmarks/bench_chain.py --images 300 --train-images 40 --rounds 3"),
+    ("bench_patch_hit.md", "python benchmarks/bench_patch_hit.py --rounds 4"),
+    ("bench_chain.md", "python benchmarks/bench_chain.py"),
     ("bench_engine.md", "python benchmarks/bench_engine.py"),
     ("bench_knn_probe.md", "python benchmarks/bench_knn_probe.py"),
     ("bench_knn_probe_imagenet.md", "python benchmarks/bench_knn_probe.py --n-train 1280000 --n-test 10000 "
