@@ -4,8 +4,9 @@ the hardware's own matmul ceiling.
 ViT-B/16 at 224 (torchvision `vit_b_16()`, random init: nothing is downloaded) over generated JPEGs of
 ImageNet-like size (~500x375). Stages are timed separately (read file bytes, PIL decode, resize + crop,
 forward fp32 / bf16), then end to end through `extract` (DataLoader workers, cache off), then a second
-evaluator reading the cached features. FLOP/s use 35.1 GFLOP per image (17.56 GMACs); the ceiling is a
-bf16 4096^3 matmul timed in the same run. Writes results/bench_engine.md.
+evaluator reading the stored features (the per-image feature store). FLOP/s use the FLOPs per image
+counted by torch's FlopCounterMode; the ceiling is a 4096^3 matmul timed in the same run. Writes
+results/bench_engine.md.
 
     PYTHONPATH=. python benchmarks/bench_engine.py [--quick] [--images N] [--batch-size B]
 """
@@ -16,28 +17,27 @@ import argparse
 import copy
 import io
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import _common as common
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.models import vit_b_16
 
 from lastvit_eval.data.transform import torchvision_vit
-from lastvit_eval.engine.cache import CacheSpec
 from lastvit_eval.engine.dataset import load_rgb
 from lastvit_eval.engine.device import EngineSpec, autocast
-from lastvit_eval.engine.extract import TapRequest, extract
+from lastvit_eval.engine.extract import extract
+from lastvit_eval.engine.store import StoreSpec
+from lastvit_eval.engine.taps import TapRequest
 from lastvit_eval.evaluators import patch_hit
 from lastvit_eval.models.base import ArchSpec, KeyReport, LoadedModel
 from lastvit_eval.models.torchvision_vit import TorchvisionBackbone
 from lastvit_eval.pooling import PoolingSpec
-
-FLOP_PER_IMAGE = 35.1e9  # ViT-B/16 at 224: 17.56 GMACs, 2 FLOP per MAC
 
 
 def make_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -77,13 +77,6 @@ def timed(fn, repeat: int = 1) -> float:
         fn()
         out.append(time.perf_counter() - t0)
     return min(out)
-
-
-def matmul_ceiling(n: int, dtype: torch.dtype, repeat: int) -> float:
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    torch.mm(a, b)  # warm-up (kernel selection, page faults)
-    return 2 * n**3 / timed(lambda: torch.mm(a, b), repeat)
 
 
 def gemm_like_vit(batch: int, dtype: torch.dtype, repeat: int) -> float:
@@ -143,11 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[tuple[str, float, str]] = []  # (stage, images/s, note)
 
     # ceilings first, so the forward numbers can be read against them
-    load_start = os.getloadavg()
+    load_start = common.load_average()
     log("matmul ceilings ...")
     mm_n = 2048 if args.quick else 4096
-    bf16_peak = matmul_ceiling(mm_n, torch.bfloat16, repeat)
-    fp32_peak = matmul_ceiling(mm_n, torch.float32, repeat)
+    bf16_peak = common.matmul_ceiling(mm_n, torch.bfloat16, repeat)
+    fp32_peak = common.matmul_ceiling(mm_n, torch.float32, repeat)
     vit_gemm_bf16 = gemm_like_vit(bs, torch.bfloat16, repeat)
     vit_gemm_fp32 = gemm_like_vit(bs, torch.float32, repeat)
 
@@ -173,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     log("forward ...")
     x = t.normalize(torch.stack([t.pixels(load_rgb(p)) for p in paths[:bs]]))
     bb = model.backbone
+    flop = common.forward_flops(bb, x[:2])
     fwd = {}
     with torch.inference_mode():
         for name in ("fp32", "bf16"):
@@ -180,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
                 bb.tokens(x[:2])  # warm-up
                 sec = timed(lambda: bb.tokens(x), repeat)
             fwd[name] = bs / sec
-            rows.append((f"forward {name} (batch {bs})", fwd[name], f"{fwd[name] * FLOP_PER_IMAGE / 1e9:.1f} GFLOP/s"))
+            rows.append((f"forward {name} (batch {bs})", fwd[name], f"{fwd[name] * flop / 1e9:.1f} GFLOP/s"))
         split = profile_split(bb, x)
         # for reference only: weights stored in bf16 (no per-call autocast casts; LayerNorm etc. in bf16 too)
         bf16_bb = copy.deepcopy(bb).to(torch.bfloat16)
@@ -188,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         bf16_bb.tokens(xb[:2])
         fwd_w = bs / timed(lambda: bf16_bb.tokens(xb), repeat)
         rows.append((f"forward bf16 weights, no autocast (batch {bs}; reference, not the engine's path)", fwd_w,
-                     f"{fwd_w * FLOP_PER_IMAGE / 1e9:.1f} GFLOP/s"))
+                     f"{fwd_w * flop / 1e9:.1f} GFLOP/s"))
 
     log("end to end ...")
     request = TapRequest((PoolingSpec("last"), PoolingSpec("cls")), frozenset({"patch_scores", "pooled"}))
@@ -197,49 +191,48 @@ def main(argv: list[str] | None = None) -> None:
         engine = EngineSpec(device="cpu", dtype=name, batch_size=bs, workers=None)
         feats = extract(model, paths, request, engine, progress=False)
         e2e[name] = feats.images_per_second
-        rows.append((f"end to end extract {name} (cache off)", e2e[name],
+        rows.append((f"end to end extract {name} (no feature store)", e2e[name],
                      f"{engine.batch_size}/batch, {min(4, os.cpu_count() or 1)} decode workers"))
 
-    log("cache: first run vs second evaluator ...")
-    cache = CacheSpec(dir=tmp / "cache", shard_size=max(1, n // 4))
+    log("feature store: first run vs second evaluator ...")
+    store = StoreSpec(dir=tmp / "store", shard_size=max(1, n // 4))
     engine = EngineSpec(device="cpu", dtype="bf16", batch_size=bs)
     t0 = time.perf_counter()
-    first = extract(model, paths, request, engine, progress=False, cache=cache)
+    first = extract(model, paths, request, engine, progress=False, store=store)
     targets = np.zeros((n, 196), dtype=bool)
     targets[:, 90:110] = True
     patch_hit.evaluate(first.arrays["patch_scores/last-k1"], targets, [p.stem for p in paths], (14, 14))
     t_first = time.perf_counter() - t0
     t0 = time.perf_counter()
-    second = extract(model, paths, request, engine, progress=False, cache=cache)
-    pooled = second.arrays["pooled/cls"]  # a second evaluator: cosine k-NN among the cached tokens
+    second = extract(model, paths, request, engine, progress=False, store=store)
+    pooled = second.arrays["pooled/cls"]  # a second evaluator: cosine k-NN among the stored tokens
     z = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
     np.argsort(-(z @ z.T), axis=1)[:, 1:11]
     t_second = time.perf_counter() - t0
-    assert second.cache["computed"] == 0
+    recomputed = second.store["images_computed"]
 
     # the ceilings again, at the end: the best of both, so a noisy neighbour cannot lower the bar
-    bf16_peak = max(bf16_peak, matmul_ceiling(mm_n, torch.bfloat16, repeat))
-    fp32_peak = max(fp32_peak, matmul_ceiling(mm_n, torch.float32, repeat))
+    bf16_peak = max(bf16_peak, common.matmul_ceiling(mm_n, torch.bfloat16, repeat))
+    fp32_peak = max(fp32_peak, common.matmul_ceiling(mm_n, torch.float32, repeat))
     vit_gemm_bf16 = max(vit_gemm_bf16, gemm_like_vit(bs, torch.bfloat16, repeat))
     vit_gemm_fp32 = max(vit_gemm_fp32, gemm_like_vit(bs, torch.float32, repeat))
-    load_end = os.getloadavg()
+    load_end = common.load_average()
 
     # report
-    bf16_frac = fwd["bf16"] * FLOP_PER_IMAGE / bf16_peak
-    fp32_frac = fwd["fp32"] * FLOP_PER_IMAGE / fp32_peak
+    bf16_frac = fwd["bf16"] * flop / bf16_peak
+    fp32_frac = fwd["fp32"] * flop / fp32_peak
     best = max(fwd, key=fwd.get)
-    best_frac = fwd[best] * FLOP_PER_IMAGE / bf16_peak
+    best_frac = fwd[best] * flop / bf16_peak
     met = best_frac >= 0.70
-    cpu = platform.processor() or platform.machine()
     lines = [
         "# Engine throughput: ViT-B/16 at 224 on CPU",
         "",
-        f"Machine: {os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {threads} intra-op threads. "
+        f"Machine: {common.machine_line(threads)}; {common.load_text(load_start, load_end)} (a shared VM: "
+        "absolute rates move with other jobs; read the fractions). "
         f"{n} generated JPEGs (500x375 / 375x500, {mean_kb:.0f} KB mean). Forward = backbone tokens only; "
-        f"FLOP/s use {FLOP_PER_IMAGE / 1e9:.1f} GFLOP per image. Command: "
+        f"FLOP/s use {flop / 1e9:.2f} GFLOP per image (FlopCounterMode). Command: "
         f"`python benchmarks/bench_engine.py{' --quick' if args.quick else ''}`. Every figure is the best of "
-        f"{repeat} runs; 1-minute load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end (this VM is "
-        "shared: figures taken while other jobs ran were up to 4x lower).",
+        f"{repeat} runs.",
         "",
         "| stage | images/s | note |",
         "|---|---:|---|",
@@ -252,17 +245,17 @@ def main(argv: list[str] | None = None) -> None:
         f"| bf16 ViT-shaped GEMM [{bs}*197, 768] x [768, 3072] | {vit_gemm_bf16 / 1e9:.1f} |",
         f"| fp32 ViT-shaped GEMM [{bs}*197, 768] x [768, 3072] | {vit_gemm_fp32 / 1e9:.1f} |",
         "",
-        f"- Forward fp32: {fwd['fp32'] * FLOP_PER_IMAGE / 1e9:.1f} GFLOP/s = {fp32_frac:.0%} of the fp32 matmul "
-        f"ceiling, {fwd['fp32'] * FLOP_PER_IMAGE / bf16_peak:.0%} of the bf16 one.",
-        f"- Forward bf16: {fwd['bf16'] * FLOP_PER_IMAGE / 1e9:.1f} GFLOP/s = {bf16_frac:.0%} of the bf16 matmul "
+        f"- Forward fp32: {fwd['fp32'] * flop / 1e9:.1f} GFLOP/s = {fp32_frac:.0%} of the fp32 matmul "
+        f"ceiling, {fwd['fp32'] * flop / bf16_peak:.0%} of the bf16 one.",
+        f"- Forward bf16: {fwd['bf16'] * flop / 1e9:.1f} GFLOP/s = {bf16_frac:.0%} of the bf16 matmul "
         "ceiling.",
         f"- Goal (forward >= 70% of the bf16 matmul ceiling): **{'met' if met else 'not met'}** "
         f"(best: {best}, {best_frac:.0%}).",
         "- Where a bf16 forward's CPU time goes (torch.profiler, one batch): "
         + ", ".join(f"{k} {v:.0%}" for k, v in split.items())
         + ". " + limits_text(met, split),
-        f"- Second evaluator on cached features: {t_second:.3f} s vs first run (forward + cache write + "
-        f"patch-hit) {t_first:.2f} s = **{t_second / t_first:.2%}** of the first run "
+        f"- Second evaluator on stored features: {t_second:.3f} s ({recomputed} images recomputed) vs first run "
+        f"(forward + store write + patch-hit) {t_first:.2f} s = **{t_second / t_first:.2%}** of the first run "
         f"({'under' if t_second / t_first < 0.05 else 'NOT under'} 5%).",
         f"- End to end / forward-only (bf16): {e2e['bf16'] / fwd['bf16']:.0%}; decode + resize alone runs at "
         f"{n / (t_decode + t_resize):.1f} img/s per process, so on this machine the forward pass, not the "

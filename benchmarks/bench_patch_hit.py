@@ -1,82 +1,58 @@
-"""patch-hit throughput: lastvit-eval (batched, fp32 / bf16) vs a naive loop like the authors' script.
+"""patch-hit throughput, read against what the same machine can do in the same run.
 
-The naive loop: torchvision ViT-B/16 in fp32, a PIL DataLoader (Resize 256, CenterCrop 224, ToTensor,
-Normalize), one image at a time, CLS-token cosine with every patch, arg-max patch checked against the
-box with float arithmetic. Both run on the same generated ImageNet-like JPEGs (random-init ViT-B/16
-weights saved as a detectron2 checkpoint: no download). Writes results/bench_patch_hit.md.
+The figures that do not depend on the machine: the pipeline's end-to-end rate (image files -> decode
+-> forward -> PiB -> report written, `execute` of a checked plan, no feature store) as a fraction of
+the bare forward (the same model's `backbone.tokens` + pooling + patch scores on pre-decoded uint8
+batches already in memory, same batch size and threads), and the bare forward's FLOP rate (FLOPs
+counted by torch's FlopCounterMode) as a fraction of a square matmul timed in the same process. The
+ratio to a naive per-image fp32 loop (the authors' style: PIL DataLoader, batch 1) is kept as a
+secondary column: it follows the CPU's bf16/fp32 speed ratio, not the pipeline.
 
-    python benchmarks/bench_patch_hit.py [--images 48] [--threads 2]
+ViT-B/16 (torchvision, random init perturbed, saved as a detectron2 checkpoint: no download) on
+generated ImageNet-like JPEGs with Pascal VOC boxes. Every measurement is repeated `--rounds` times,
+the rounds interleave all variants so a noisy neighbour hits them alike; cells give min / median / max.
+Writes results/bench_patch_hit.md.
+
+    python benchmarks/bench_patch_hit.py [--images 96] [--batch-size 32] [--rounds 5] [--workers 0,2]
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+import _common as common
 import torch
 import torch.nn.functional as F
 from lxml import etree
-from PIL import Image
 from torchvision import transforms as T
-from torchvision.models import vit_b_16
 
-from lastvit_eval.data.filters import FilterSpec
-from lastvit_eval.engine.device import EngineSpec
+from lastvit_eval.engine.dataset import load_rgb
+from lastvit_eval.engine.device import EngineSpec, autocast
+from lastvit_eval.engine.store import StoreSpec
 from lastvit_eval.models import load_model
-from lastvit_eval.pipelines.patch_hit import run_patch_hit
-from lastvit_eval.pooling import PoolingSpec
+from lastvit_eval.pipeline import execute
+from lastvit_eval.plan import RunRequest, build_plan
+from lastvit_eval.pooling import PoolingSpec, patch_scores, pool
+
+GOAL_PIPELINE = 0.90  # end to end / bare forward
+GOAL_FLOPS = 0.70  # bare forward FLOP/s / matmul ceiling
+POOLING = PoolingSpec("cls")
 
 
-def make_dataset(root: Path, n: int, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        w, h = [(500, 375), (375, 500), (500, 333), (640, 480), (400, 400)][i % 5]
-        yy, xx = np.mgrid[0:h, 0:w]
-        img = np.stack([(xx * (1 + i % 3) + yy) % 256, (yy * 2 + i * 7) % 256, (xx + yy * 3) % 256], -1)
-        img = (img * 0.6 + rng.integers(0, 100, (h, w, 3))).clip(0, 255).astype(np.uint8)
-        bw, bh = int(rng.integers(w // 6, w // 2)), int(rng.integers(h // 6, h // 2))
-        x0, y0 = int(rng.integers(w // 10, w - bw)), int(rng.integers(h // 10, h - bh))
-        img[y0:y0 + bh, x0:x0 + bw] = rng.integers(0, 255, (bh, bw, 3))  # a textured object
-        wnid = f"n0000000{i % 4}"
-        (root / "val" / wnid).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(root / "val" / wnid / f"img_{i:05d}.JPEG", quality=90)
-        ann = etree.Element("annotation")
-        size = etree.SubElement(ann, "size")
-        etree.SubElement(size, "width").text, etree.SubElement(size, "height").text = str(w), str(h)
-        obj = etree.SubElement(ann, "object")
-        etree.SubElement(obj, "name").text = wnid
-        bb = etree.SubElement(obj, "bndbox")
-        for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), (x0, y0, x0 + bw, y0 + bh), strict=True):
-            etree.SubElement(bb, tag).text = str(v)
-        (root / "bbox").mkdir(exist_ok=True)
-        (root / "bbox" / f"img_{i:05d}.xml").write_bytes(etree.tostring(ann))
-
-
-def random_vit_b_16() -> torch.nn.Module:
-    """torchvision's init leaves the class token at zero and LayerNorms at identity, which makes every
-    image pick the same patch; perturb them so patch scores depend on the image content."""
-    torch.manual_seed(0)
-    model = vit_b_16().eval()
-    with torch.no_grad():
-        model.class_token.normal_(0, 1)
-        for name, p in model.named_parameters():
-            if ".ln" in name or name.startswith("encoder.ln"):
-                p.add_(torch.randn_like(p) * 0.2)
-    return model
-
-
-def naive_loop(model, root: Path) -> tuple[dict[str, bool], dict[str, int], float]:
-    """One image at a time, the way a research script does it."""
+def naive_loop(model, root: Path, limit: int) -> tuple[dict[str, bool], dict[str, int], float]:
+    """One image at a time, the way a research script does it (fp32, float box arithmetic); the first
+    `limit` images (it is the secondary column and the slowest variant)."""
     from torchvision.datasets import ImageFolder
 
     tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize((0.485, 0.456, 0.406),
                                                                                   (0.229, 0.224, 0.225))])
     ds = ImageFolder(str(root / "val"), transform=tf)
+    ds.samples = ds.samples[:limit]
     loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=False, num_workers=1)
     hits, tops = {}, {}
     t0 = time.perf_counter()
@@ -100,69 +76,182 @@ def naive_loop(model, root: Path) -> tuple[dict[str, bool], dict[str, int], floa
     return hits, tops, time.perf_counter() - t0
 
 
-def ours(ckpt: Path, root: Path, dtype: str, out: Path, batch: int, workers: int):
-    model = load_model(ckpt)
+def request(ckpt: Path, root: Path, dtype: str, out: Path, batch: int, workers: int) -> RunRequest:
+    return RunRequest(evaluators=("patch-hit",), checkpoint=str(ckpt), poolings=(POOLING,), root=root,
+                      engine=EngineSpec(device="cpu", dtype=dtype, batch_size=batch, workers=workers),
+                      store=StoreSpec(enabled=False), output_dir=out, overwrite=True, progress=False)
+
+
+def pipeline(req: RunRequest) -> tuple[float, float, int, dict[str, bool], dict[str, int]]:
+    """(plan seconds, execute seconds, images, hits, top patches): plan = checks + model load + boxes."""
     t0 = time.perf_counter()
-    res = run_patch_hit(model, root, None, FilterSpec(), PoolingSpec("cls"), "any",
-                        EngineSpec(dtype=dtype, batch_size=batch, workers=workers), out, progress=False)
-    seconds = time.perf_counter() - t0
-    rows = res.result.rows
-    return (dict(zip(rows["image_id"], rows["top1"].astype(bool), strict=True)),
-            dict(zip(rows["image_id"], rows["top_patch"].astype(int), strict=True)), seconds)
+    plan = build_plan(req)
+    t1 = time.perf_counter()
+    out = execute(plan)
+    t2 = time.perf_counter()
+    rows = out.results[POOLING.name][0].rows
+    return (t1 - t0, t2 - t1, len(rows), dict(zip(rows["image_id"], rows["top1"].astype(bool), strict=True)),
+            dict(zip(rows["image_id"], rows["top_patch"].astype(int), strict=True)))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=48)
+def bare_forward(model, pixels: torch.Tensor, dtype: str, batch: int) -> float:
+    """Seconds for normalize + tokens + pooling + patch scores over uint8 batches already in memory."""
+    bb, t = model.backbone, model.transform
+    prefix = bb.num_prefix_tokens
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for s in range(0, len(pixels), batch):
+            x = t.normalize(pixels[s:s + batch])
+            with autocast(x.device, dtype):
+                tokens = bb.tokens(x)
+            tokens = tokens.float()
+            p = pool(tokens, prefix, POOLING)
+            patch_scores(tokens[:, prefix:], p.token)
+    return time.perf_counter() - t0
+
+
+def agreement(a_hits, a_tops, b_hits, b_tops, name: str) -> str:
+    common_ids = sorted(set(a_hits) & set(b_hits))
+    n = len(common_ids)
+    same_top = [k for k in common_ids if a_tops[k] == b_tops[k]]
+    same_hit = sum(a_hits[k] == b_hits[k] for k in common_ids)
+    geometry = sum(a_hits[k] != b_hits[k] for k in same_top)
+    return (f"hits {same_hit}/{n} same as {name}; top patch {len(same_top)}/{n} same; "
+            f"{geometry} differ only by box geometry")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=96)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", default="0,2", help="decode workers of the pipeline's DataLoader, comma-separated: "
+                    "one pipeline variant each (2 = the CLI default on a 2-CPU machine)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--naive-images", type=int, default=32, help="images the naive loop runs on")
+    ap.add_argument("--matmul", type=int, default=4096, help="side of the square matmul ceiling")
     ap.add_argument("--out", type=Path, default=Path("results/bench_patch_hit.md"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    workers = [int(w) for w in args.workers.split(",")]
     torch.set_num_threads(args.threads)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    dtypes = ("fp32", "bf16")
+    load_start = common.load_average()
+    runs: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        runs.setdefault(key, []).append(value)
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        make_dataset(tmp / "imagenet", args.images)
-        ref = random_vit_b_16()
-        ckpt = tmp / "vit_b_16_d2.pth"
-        torch.save({"model": {"model." + k: v for k, v in ref.state_dict().items()}}, ckpt)
-        naive_hits, naive_tops, naive_s = naive_loop(ref, tmp / "imagenet")
-        fp32_hits, fp32_tops, fp32_s = ours(ckpt, tmp / "imagenet", "fp32", tmp / "r32", args.batch_size, args.workers)
-        bf16_hits, bf16_tops, bf16_s = ours(ckpt, tmp / "imagenet", "bf16", tmp / "r16", args.batch_size, args.workers)
-    n = len(naive_hits)
-    assert set(naive_hits) == set(fp32_hits) == set(bf16_hits), "image sets differ"
+        root = tmp / "imagenet"
+        common.make_dataset(root, args.images)
+        ref = common.random_vit_b_16()
+        ckpt = common.save_d2_checkpoint(ref, tmp / "vit_b_16_d2.pth")
+        # the images the pipeline forwards (patch-hit keeps those whose box meets the crop), pre-decoded
+        plan = build_plan(request(ckpt, root, "fp32", tmp / "probe", args.batch_size, 0))
+        paths = [plan.test.paths[i] for i in plan.test_positions()]
+        model = load_model(ckpt)
+        pixels = torch.stack([model.transform.pixels(load_rgb(p)) for p in paths])
+        flops = common.forward_flops(model.backbone, model.transform.normalize(pixels[:2]))
+        bare_forward(model, pixels[:2], "bf16", 2)  # one-time thread-pool and kernel set-up
+        bare_forward(model, pixels[:2], "fp32", 2)
+        last: dict[str, tuple] = {}
+        for r in range(args.rounds):
+            # pairs measured back to back, their order alternating between rounds, so that a load change
+            # on the shared machine falls on both sides of a ratio alike
+            for dtype in dtypes:
+                torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
+                log(f"round {r + 1}/{args.rounds}: {dtype} ceiling, bare forward, pipeline ...")
+                order = ["ceiling", "bare", *workers]
+                for step in (order if r % 2 == 0 else order[::-1]):
+                    if step == "ceiling":
+                        add(f"ceiling/{dtype}", common.matmul_ceiling(args.matmul, torch_dtype))
+                    elif step == "bare":
+                        add(f"bare/{dtype}", len(paths) / bare_forward(model, pixels, dtype, args.batch_size))
+                    else:
+                        plan_s, exec_s, n_eval, hits, tops = pipeline(
+                            request(ckpt, root, dtype, tmp / f"out-{dtype}-{r}-{step}", args.batch_size, step))
+                        add(f"pipe/{dtype}/w{step}", n_eval / exec_s)
+                        add(f"plan/{dtype}/w{step}", plan_s)
+                        last[dtype] = (hits, tops)
+                for w in workers:
+                    add(f"ratio/{dtype}/w{w}", runs[f"pipe/{dtype}/w{w}"][-1] / runs[f"bare/{dtype}"][-1])
+                add(f"flopfrac/{dtype}", runs[f"bare/{dtype}"][-1] * flops / runs[f"ceiling/{dtype}"][-1])
+            log(f"round {r + 1}/{args.rounds}: naive loop ...")
+            naive_hits, naive_tops, naive_s = naive_loop(ref, root, args.naive_images)
+            add("naive", len(naive_hits) / naive_s)
+    load_end = common.load_average()
 
-    def ratio(h):
-        return 100.0 * sum(h.values()) / n
-
-    def agree(a_hits, a_tops, b_hits, b_tops, name):
-        same_top = [k for k in a_hits if a_tops[k] == b_tops[k]]
-        same_hit = sum(a_hits[k] == b_hits[k] for k in a_hits)
-        geometry = sum(a_hits[k] != b_hits[k] for k in same_top)
-        return (f"hits {same_hit}/{n} same as {name}; top patch {len(same_top)}/{n} same; "
-                f"{geometry} differ only by box geometry")
-
-    rows = [
-        ("naive loop (fp32, batch 1)", naive_s, ratio(naive_hits), "-"),
-        (f"lastvit-eval fp32 (batch {args.batch_size})", fp32_s, ratio(fp32_hits),
-         agree(naive_hits, naive_tops, fp32_hits, fp32_tops, "naive")),
-        (f"lastvit-eval bf16 (batch {args.batch_size})", bf16_s, ratio(bf16_hits),
-         agree(fp32_hits, fp32_tops, bf16_hits, bf16_tops, "fp32")),
-    ]
+    n = len(paths)
+    pct = "{:.0%}"
+    best = {k: max(v) for k, v in runs.items()}
     lines = [
-        "## patch-hit end to end: lastvit-eval vs a naive per-image loop",
+        "## patch-hit end to end, read against the bare forward and the matmul ceiling",
         "",
-        f"ViT-B/16 (torchvision, random init, detectron2 checkpoint), {n} generated JPEGs (500x375-640x480), "
-        f"CLS pooling, `any` rule; {platform.processor() or platform.machine()}, {args.threads} threads, "
-        f"torch {torch.__version__}. Command: `python {' '.join(sys.argv)}`.",
+        f"ViT-B/16 (torchvision, random init perturbed, detectron2 checkpoint), {args.images} generated JPEGs "
+        f"(500x375-640x480) of which patch-hit keeps {n} (box inside the 224 crop), CLS pooling, `any` rule, "
+        f"batch {args.batch_size}, no feature store (`--no-cache`); the pipeline runs once per number of DataLoader "
+        f"decode workers ({args.workers}). "
+        f"{args.rounds} rounds; in each, per dtype, the matmul ceiling, the bare forward and the pipeline run back "
+        "to back (order reversed every other round) and the two fractions are taken within the round; cells "
+        f"are min / median / max over the rounds. The naive loop runs on the first {args.naive_images} images.",
         "",
-        "| pipeline | seconds | images/s | speed-up vs naive | PiB top-1 (%) | agreement |",
-        "|---|---|---|---|---|---|",
+        f"Machine: {common.machine_line(args.threads)}; {common.load_text(load_start, load_end)}.",
+        f"Command: `python {' '.join(['benchmarks/bench_patch_hit.py', *(argv if argv is not None else sys.argv[1:])])}`.",
+        f"FLOPs per image (FlopCounterMode, `backbone.tokens` at 224): {flops / 1e9:.2f} GFLOP.",
+        "",
+        "| dtype | decode workers | pipeline img/s | bare forward img/s | **pipeline / bare** (goal >= 90%) | "
+        f"matmul ceiling {args.matmul}^3 GFLOP/s | forward GFLOP/s | **forward / ceiling** (goal >= 70%) | "
+        "plan s (checks, model load) | vs naive fp32 loop (secondary) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, s, r, agree in rows:
-        lines.append(f"| {name} | {s:.1f} | {n / s:.2f} | {naive_s / s:.2f}x | {r:.1f} | {agree} |")
-    lines += ["", "Goals (issue 2): bf16 >= 4x the naive fp32 loop with PiB within 1 point of fp32; "
-              "fp32 >= 1.1x with identical hits.", ""]
+    for dtype in dtypes:
+        fwd_gflops = [v * flops / 1e9 for v in runs[f"bare/{dtype}"]]
+        for w in workers:
+            key = f"{dtype}/w{w}"
+            vs_naive = [p / q for p, q in zip(runs[f"pipe/{key}"], runs["naive"], strict=True)]
+            lines.append(
+                f"| {dtype} | {w} | {common.spread(runs[f'pipe/{key}'])} | {common.spread(runs[f'bare/{dtype}'])} | "
+                f"{common.spread(runs[f'ratio/{key}'], pct)} | "
+                f"{common.spread([v / 1e9 for v in runs[f'ceiling/{dtype}']], '{:.0f}')} | "
+                f"{common.spread(fwd_gflops, '{:.0f}')} | {common.spread(runs[f'flopfrac/{dtype}'], pct)} | "
+                f"{common.spread(runs[f'plan/{key}'])} | {common.spread(vs_naive, '{:.2f}x')} |")
+    lines += [
+        f"| naive loop (fp32, batch 1, {args.naive_images} images) | 1 | {common.spread(runs['naive'])} | | | | | | | "
+        "1.00x |",
+        "",
+        "Best of the rounds (each rate's best, against the best ceiling: a neighbour can slow a run, not speed "
+        "it up):",
+        "",
+    ]
+    verdicts = []
+    for dtype in dtypes:
+        flop_frac = best[f"bare/{dtype}"] * flops / best[f"ceiling/{dtype}"]
+        verdicts.append(
+            f"- {dtype} forward {best[f'bare/{dtype}'] * flops / 1e9:.0f} GFLOP/s = **{flop_frac:.0%}** of the "
+            f"{dtype} matmul ceiling ({best[f'ceiling/{dtype}'] / 1e9:.0f} GFLOP/s; per-round median "
+            f"{statistics.median(runs[f'flopfrac/{dtype}']):.0%}): goal >= 70% "
+            f"**{'met' if flop_frac >= GOAL_FLOPS else 'not met'}**.")
+        for w in workers:
+            key = f"{dtype}/w{w}"
+            pipe_frac = best[f"pipe/{key}"] / best[f"bare/{dtype}"]
+            verdicts.append(
+                f"- {dtype}, {w} decode worker(s): pipeline {best[f'pipe/{key}']:.2f} img/s = **{pipe_frac:.0%}** of "
+                f"the bare forward ({best[f'bare/{dtype}']:.2f} img/s; per-round median "
+                f"{statistics.median(runs[f'ratio/{key}']):.0%}): goal >= 90% "
+                f"**{'met' if pipe_frac >= GOAL_PIPELINE else 'not met'}**; "
+                f"{best[f'pipe/{key}'] / best['naive']:.2f}x the naive fp32 loop.")
+    lines += verdicts
+    lines += [
+        "",
+        "Agreement (last round): fp32 " + agreement(naive_hits, naive_tops, *last["fp32"], "naive loop")
+        + "; bf16 " + agreement(*last["fp32"], *last["bf16"], "fp32") + ". The naive loop maps boxes with float "
+        "arithmetic, lastvit-eval with torchvision's rounding and pixel-centre membership (README, Geometry), "
+        "so a hit can differ on the same top patch. PiB values themselves mean nothing here (random weights, "
+        "random-texture objects).",
+        "",
+    ]
     text = "\n".join(lines)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

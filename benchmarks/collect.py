@@ -9,7 +9,8 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 PARTS = [
-    ("bench_patch_hit.md", "python benchmarks/bench_patch_hit.py --images 160 --batch-size 32"),
+    ("bench_patch_hit.md", "python benchmarks/bench_patch_hit.py --rounds 4"),
+    ("bench_chain.md", "python benchmarks/bench_chain.py"),
     ("bench_engine.md", "python benchmarks/bench_engine.py"),
     ("bench_knn_probe.md", "python benchmarks/bench_knn_probe.py"),
     ("bench_knn_probe_imagenet.md", "python benchmarks/bench_knn_probe.py --n-train 1280000 --n-test 10000 "
@@ -22,7 +23,8 @@ PARTS = [
 def main() -> None:
     lines = ["# Benchmarks", "",
              "All figures on this project's machine: 2 CPU cores (x86_64, avx512_bf16), no GPU, torch 2.14.1. "
-             "The machine is a shared VM: wall times vary with other load; each section says how it was taken. "
+             "The machine is a shared VM: wall times vary with other load, so each section states its load average and "
+             "reads its rates against what the same process measured (bare forward, matmul ceiling, first command). "
              "Regenerate a section with its command, then `python benchmarks/collect.py`.", ""]
     for name, command in PARTS:
         path = RESULTS / name

@@ -1,0 +1,76 @@
+"""The benchmark scripts' own pieces, at tiny sizes: FLOP counting, the generated data, the store counters.
+
+Benchmarks are scripts, not tests: nothing here times anything. What is checked is what a benchmark's
+figures rest on: that the FLOP count equals the ViT formula written out by hand, that the generated
+folders (real ImageNet wnids) map onto a 1000-way head without --class-map, and that the chain
+benchmark reads "images forwarded / reused" from a real run's metrics.json.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models.vision_transformer import VisionTransformer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import _common as common  # noqa: E402
+import bench_chain  # noqa: E402
+
+from lastvit_eval.engine.device import EngineSpec  # noqa: E402
+from lastvit_eval.engine.store import StoreSpec  # noqa: E402
+from lastvit_eval.models import LoadOptions  # noqa: E402
+from lastvit_eval.models.torchvision_vit import TorchvisionBackbone  # noqa: E402
+from lastvit_eval.pipeline import execute  # noqa: E402
+from lastvit_eval.plan import RunRequest, build_plan  # noqa: E402
+
+
+def tiny_vit(image_size: int = 32, patch: int = 8, layers: int = 2, heads: int = 2, width: int = 16,
+             mlp: int = 32) -> VisionTransformer:
+    torch.manual_seed(0)
+    return VisionTransformer(image_size=image_size, patch_size=patch, num_layers=layers, num_heads=heads,
+                             hidden_dim=width, mlp_dim=mlp).eval()
+
+
+def test_forward_flops_equal_the_vit_formula():
+    size, p, layers, d, m, b = 32, 8, 2, 16, 32, 3
+    model = tiny_vit(size, p, layers, 2, d, m)
+    grid = (size // p) ** 2
+    n = grid + 1  # patches + class token
+    # 2 FLOPs per multiply-add: patch embedding, then per layer qkv, q k^T, attn v, out proj, two MLP GEMMs
+    expected = 2 * grid * 3 * p * p * d + layers * (2 * n * d * 3 * d + 2 * n * n * d + 2 * n * n * d
+                                                   + 2 * n * d * d + 2 * 2 * n * d * m)
+    was = torch.backends.mha.get_fastpath_enabled()
+    got = common.forward_flops(TorchvisionBackbone(model, has_head=True), torch.randn(b, 3, size, size))
+    assert got == expected
+    assert torch.backends.mha.get_fastpath_enabled() == was
+
+
+def test_generated_folders_map_onto_the_imagenet_head_and_the_chain_reads_the_store(tmp_path: Path):
+    root = tmp_path / "imagenet"
+    common.make_dataset(root, 6, "val", classes=2)
+    wnids = sorted(d.name for d in (root / "val").iterdir())
+    assert len(wnids) == 2 and all(w.startswith("n") and len(w) == 9 for w in wnids)
+    ckpt = common.save_d2_checkpoint(tiny_vit(), tmp_path / "tiny_d2.pth")
+
+    def run(out: Path) -> tuple[dict, int]:
+        req = RunRequest(evaluators=("patch-hit", "classify"), checkpoint=str(ckpt), root=root,
+                         load=LoadOptions(num_heads=2), engine=EngineSpec(device="cpu", batch_size=4, workers=0),
+                         store=StoreSpec(dir=tmp_path / "store"), output_dir=out, progress=False)
+        plan = build_plan(req)  # raises without --class-map unless the wnids are ImageNet's
+        execute(plan)
+        return bench_chain.run_forwarded(out), int(plan.test_positions().size)
+
+    first, n = run(tmp_path / "o1")
+    assert n >= 1 and first == {"forwarded": n, "reused": 0}
+    second, _ = run(tmp_path / "o2")
+    assert second == {"forwarded": 0, "reused": n}
+
+
+def test_spread_orders_min_median_max():
+    assert common.spread([3.0, 1.0, 2.0, 10.0, 4.0], "{:.0f}") == "1 / 3 / 10"
+    with pytest.raises(ValueError):
+        common.spread([])
