@@ -86,7 +86,8 @@ Templates = Annotated[Path | None, _opt("--templates", help="Zero-shot prompt te
 Device = Annotated[str, _opt("--device", help="auto (cuda, then cpu), cpu, cuda, cuda:N.", panel=ENGINE)]
 Dtype = Annotated[str, _opt("--dtype", help="fp32 | bf16 | fp16 (autocast for the backbone).", panel=ENGINE)]
 BatchSize = Annotated[int, _opt("--batch-size", "-b", min=1, help="Images per forward pass.", panel=ENGINE)]
-Workers = Annotated[int | None, _opt("--workers", "-j", min=0, help="Decoding processes (default min(4, CPUs)).",
+Workers = Annotated[int | None, _opt("--workers", "-j", min=0, help="Decoding processes (default: 0 on a CPU run "
+                                     "with <= 2 cores, else min(4, CPUs)).",
                                      panel=ENGINE)]
 OnBadImage = Annotated[str, _opt("--on-bad-image", help="skip (listed in the result) or fail.", panel=ENGINE)]
 ChannelsLast = Annotated[bool, _opt("--channels-last", help="channels_last memory format for the patch "

@@ -10,19 +10,19 @@ from dataclasses import asdict, dataclass
 
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-_INTERP = {
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-    "nearest": InterpolationMode.NEAREST,
-}
+def interpolation(name: str):
+    """torchvision's InterpolationMode for a spec's name (torchvision imported only when pixels are made:
+    commands on stored features never pay for it)."""
+    from torchvision.transforms import InterpolationMode
+
+    return {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
+            "nearest": InterpolationMode.NEAREST}[name]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,9 @@ class TransformSpec:
 
     def pixels(self, img: Image.Image) -> torch.Tensor:
         """PIL RGB image -> uint8 tensor [3, crop, crop]; float conversion happens on the device."""
-        img = TF.resize(img, [self.resize], interpolation=_INTERP[self.interpolation], antialias=True)
+        from torchvision.transforms.v2 import functional as TF
+
+        img = TF.resize(img, [self.resize], interpolation=interpolation(self.interpolation), antialias=True)
         img = TF.center_crop(img, [self.crop])
         return TF.pil_to_tensor(img)
 

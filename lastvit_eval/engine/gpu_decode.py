@@ -15,13 +15,13 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from ..data.transform import _INTERP, TransformSpec
+from ..data.transform import TransformSpec, interpolation
 from .dataset import BAD_IMAGE_ERRORS, load_rgb
 
 
 def resize_crop(img: torch.Tensor, t: TransformSpec) -> torch.Tensor:
     """uint8 [3, H, W] on any device -> uint8 [3, crop, crop], same geometry as TransformSpec.pixels."""
-    img = TF.resize(img, [t.resize], interpolation=_INTERP[t.interpolation], antialias=True)
+    img = TF.resize(img, [t.resize], interpolation=interpolation(t.interpolation), antialias=True)
     return TF.center_crop(img, [t.crop])
 
 
