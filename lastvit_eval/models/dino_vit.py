@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import re
+from typing import TYPE_CHECKING
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
 
 from ..data.transform import dino_vit
 from ..errors import InputError
@@ -27,6 +27,9 @@ from .keys import (
     to_float32,
     vit_name,
 )
+
+if TYPE_CHECKING:  # timm is imported where a model is built: detecting a family stays cheap
+    from timm.models.vision_transformer import VisionTransformer
 
 FAMILY = "dino"
 MAIN_DINO_KEYS = ("teacher", "student")
@@ -176,6 +179,8 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None, hint: ArchHint
     report.ignored = ignored
     sd = to_float32(sd)
     arch, kwargs = infer_arch(sd, opts, source, hint if hint is not None else dino_or_timm_hint(raw))
+    from timm.models.vision_transformer import VisionTransformer
+
     model = VisionTransformer(**kwargs)
     strict_load(model, sd, source, report, arch)
     model.eval().requires_grad_(False)

@@ -17,9 +17,9 @@ QuickGELU rule (OpenAI trained with QuickGELU, OpenCLIP defaults to GELU; the we
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import torch
-from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
 from ..data.transform import clip_vit
 from ..errors import InputError
@@ -32,6 +32,9 @@ from .keys import (
     strip_if_all,
     to_float32,
 )
+
+if TYPE_CHECKING:  # open_clip is imported where a model is built: detecting a family stays cheap
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
 FAMILY = "openclip"
 OPENAI_MARKERS = ("input_resolution", "context_length", "vocab_size")
@@ -125,6 +128,8 @@ def infer_config(sd: dict, opts: LoadOptions, source: str,
     heads, heads_source, config = resolve_heads(width, f"visual.conv1.weight {tuple(conv.shape)}", patch,
                                                 opts.num_heads, hint, source)
     embed_dim = _need(sd, "visual.proj", source).shape[1]
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
     vision = CLIPVisionCfg(
         layers=layers,
         width=width,
@@ -190,6 +195,8 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None, hint: ArchHint
     heads_source, config = kwargs.pop("heads_source"), kwargs.pop("config")
     quick_gelu, why = quick_gelu_rule(opts, hints)
     report.steps.append(f"activation: {'QuickGELU' if quick_gelu else 'GELU'} ({why})")
+    from open_clip.model import CLIP
+
     model = CLIP(embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=quick_gelu, **kwargs)
     arch = ArchSpec(
         family=FAMILY,

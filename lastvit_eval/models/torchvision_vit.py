@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+from typing import TYPE_CHECKING
 
 import torch
-from torchvision.models import VisionTransformer
 
 from ..data.transform import torchvision_vit
 from ..errors import InputError
@@ -20,6 +20,9 @@ from .keys import (
     to_float32,
     vit_name,
 )
+
+if TYPE_CHECKING:  # torchvision's model module is imported where a model is built: detection stays cheap
+    from torchvision.models import VisionTransformer
 
 FAMILY = "torchvision"
 
@@ -104,6 +107,8 @@ class TorchvisionBackbone(Backbone):
 
 
 def build(arch: ArchSpec) -> VisionTransformer:
+    from torchvision.models import VisionTransformer
+
     model = VisionTransformer(
         image_size=arch.image_size,
         patch_size=arch.patch_size,
