@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         *[f"{i}. `{s['command']}`" for i, s in enumerate(steps.values(), 1)],
         "",
     ]
-    met = all(w <= GOAL and fwd == 0 for _, w, fwd in verdicts)
+    met = all(w <= GOAL for _, w, _ in verdicts)  # forwarding an image no earlier command had is no miss
     lines.append(f"Goal: every later command on stored images <= {GOAL:.0%} of the first (worst round): "
                  f"**{'met' if met else 'not met'}** ("
                  + "; ".join(f"{label}: {w:.1%}, {fwd} images forwarded" for label, w, fwd in verdicts)
