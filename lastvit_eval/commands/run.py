@@ -145,7 +145,6 @@ def precheck(evaluators: list[str], kw: dict) -> None:
 def run_command(evaluators: list[str], kw: dict) -> None:
     """Build the request from a command's parameters, plan, check, then run or print the plan."""
     precheck(evaluators, kw)
-    from ..data.filters import FilterSpec  # noqa: F401  (imported for its side effect of loading data/)
     from ..engine.device import EngineSpec
     from ..engine.distributed import session
     from ..engine.store import StoreSpec
