@@ -107,6 +107,7 @@ def _rank_main(rank: int, tmp: str, ckpt: str, paths: list[str]) -> None:
         outcome = str(e)
     (Path(tmp) / f"rank{rank}.json").write_text(json.dumps({"outcome": outcome, "seconds": _time.monotonic() - t0,
                                                                      "forwarded": sum(calls)}))
+    _dist.barrier()  # both ranks raised after the same collective: leave together
     _dist.destroy_process_group()
 
 

@@ -90,6 +90,15 @@ def abort_message(store_root: Path) -> str | None:
         return "another rank failed"
 
 
+def barrier() -> None:
+    if not active():
+        return
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
+
+
 def agree(error: str | None) -> None:
     """Every rank reports; if any failed, every rank raises that rank's message (one line)."""
     if not active() or dist.get_world_size() == 1:
@@ -101,7 +110,9 @@ def agree(error: str | None) -> None:
     failed = [(r, e) for r, e in status if e]
     if failed:
         r, e = failed[0]
-        raise InputError(e if e.startswith("rank ") else f"rank {r}: {e}")
+        err = InputError(e if e.startswith("rank ") else f"rank {r}: {e}")
+        err.collective = True  # every rank raises this one: they can still leave together
+        raise err
 
 
 @contextmanager
@@ -122,8 +133,15 @@ def session(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> Itera
     ids = [uuid.uuid4().hex[:12] if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(ids, src=0)
     _state["run_id"] = ids[0]
+    together = False
     try:
         yield current()
+        together = True
+    except InputError as e:
+        together = getattr(e, "collective", False)
+        raise
     finally:
+        if together:  # leave together: a rank tearing its group down while another still uses it can abort
+            barrier()
         dist.destroy_process_group()
         _state["run_id"] = None
