@@ -171,18 +171,9 @@ def _provenance(plan: Plan, spec, feats: Features) -> dict:
 
 
 def _plan_record(plan: Plan) -> dict:
-    d = describe_cached(plan)
+    d = describe(plan, query_store=False)
     d["options"] = {e.name: _jsonable(e.options) for e in plan.evaluators}
     return d
-
-
-def describe_cached(plan: Plan) -> dict:
-    """The plan without asking the store again (for plan.json after the run)."""
-    return {"evaluators": [e.name for e in plan.evaluators], "model": plan.model_name(),
-            "poolings": [p.name for p in plan.poolings], "pooling_default": plan.pooling_default,
-            "test": plan.test.source, "train": plan.train.source if plan.train is not None else None,
-            "images": {e.name: int(len(v)) for e, v in zip(plan.evaluators, plan.selections.values(), strict=True)},
-            "class_map": plan.class_map.source if plan.class_map is not None else None}
 
 
 def _jsonable(options) -> dict:
@@ -193,39 +184,22 @@ def _jsonable(options) -> dict:
 
 def _build_text(plan: Plan) -> None:
     """The zero-shot text classifier, read from / written to the store's text/ folder."""
-    import hashlib
-
-    from .engine.fingerprint import code_fingerprint
-    from .engine.store import atomic_write, canonical_json, model_identity
+    from .engine.device import resolve_device
+    from .engine.store import read_text_classifier, text_key, write_text_classifier
     from .models.clip_text import build_classifier
 
-    text = plan.text
+    text, store = plan.text, plan.request.store
     prompts = text.prompts
-    key = hashlib.sha256(canonical_json({"model": model_identity(plan.model), "code": code_fingerprint(),
-                                         "classnames": list(prompts.classnames),
-                                         "templates": list(prompts.templates)}).encode()).hexdigest()[:32]
-    store = plan.request.store
-    path = store.root / "text" / f"{key}.npy"
+    key = text_key(plan.model, list(prompts.classnames), list(prompts.templates))
     info = {"prompts": prompts.source, "classes": len(prompts.classnames), "templates": len(prompts.templates),
             "cache": "off", "key": key}
-    if store.enabled and path.is_file():
-        try:
-            w = np.load(path, allow_pickle=False)
-            if w.shape[1] == len(prompts.classnames):
-                text.weights, text.info = w, {**info, "cache": "hit"}
-                return
-        except (OSError, ValueError):
-            pass
-    from .engine.device import resolve_device
-
+    w = read_text_classifier(store.root, key, len(prompts.classnames)) if store.enabled else None
+    if w is not None:
+        text.weights, text.info = w, {**info, "cache": "hit"}
+        return
     w = build_classifier(plan.model, prompts, resolve_device(plan.engine.device), plan.request.progress)
     if store.enabled:
-        import io
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        np.save(buf, w)
-        atomic_write(path, buf.getvalue())
+        write_text_classifier(store.root, key, w)
         info["cache"] = "miss (written)"
     text.weights, text.info = w, info
 

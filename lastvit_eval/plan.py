@@ -131,13 +131,8 @@ class Plan:
         return self.model is None
 
     def annotation_policy(self) -> dict:
-        import inspect
-
-        from .data.pib import load_pib_data
-
-        if "on_bad_annotation" in inspect.signature(load_pib_data).parameters:
-            return {"on_bad_annotation": self.request.on_bad_annotation}
-        return {}
+        """Keyword arguments for annotation readers (`--on-bad-annotation`)."""
+        return {"on_bad_annotation": self.request.on_bad_annotation}
 
     def labels(self, split: Split) -> np.ndarray:
         idx = {c: i for i, c in enumerate(self.classes)}
@@ -422,31 +417,38 @@ def _select(plan: Plan) -> None:
         plan.selections[e.name] = chosen
 
 
-def describe(plan: Plan) -> dict:
-    """The plan as data (for --dry-run and plan.json), with what the feature store already holds."""
+def _stored(plan: Plan, role: str, split: Split, positions: np.ndarray) -> dict:
+    """How many of the split's images the feature store holds every requested tap for."""
     from .engine.extract import stored_counts
     from .engine.taps import TapRequest
 
+    if plan.model is None:
+        return {"stored": int(len(positions)), "to_forward": 0, "features_file": split.source}
+    if not plan.request.store.enabled:
+        return {"stored": 0, "to_forward": int(len(positions))}
+    counts = stored_counts(plan.model, [split.paths[i] for i in positions], TapRequest(plan.poolings, plan.taps(role)),
+                           plan.engine, plan.request.store)
+    return {"stored": counts["stored"], "to_forward": counts["to_forward"], "space": counts["space"]}
+
+
+def describe(plan: Plan, query_store: bool = True) -> dict:
+    """The plan as data: for --dry-run with what the feature store already holds (`query_store`), for
+    plan.json after a run without asking the store again."""
     splits = {}
     for role, split, positions in (("test", plan.test, plan.test_positions()),
                                    ("train", plan.train, None if plan.train is None else np.arange(plan.train.size))):
         if split is None or not plan.uses(role) and role == "train":
             continue
         entry = {"source": split.source, "images": int(len(positions)), "taps": sorted(plan.taps(role))}
-        if plan.model is not None and plan.request.store.enabled:
-            counts = stored_counts(plan.model, [split.paths[i] for i in positions],
-                                   TapRequest(plan.poolings, plan.taps(role)), plan.engine, plan.request.store)
-            entry.update(stored=counts["stored"], to_forward=counts["to_forward"], space=counts["space"])
-        elif plan.model is not None:
-            entry.update(stored=0, to_forward=int(len(positions)))
-        else:
-            entry.update(stored=int(len(positions)), to_forward=0, features_file=split.source)
+        if query_store:
+            entry.update(_stored(plan, role, split, positions))
         splits[role] = entry
     return {
         "evaluators": [e.name for e in plan.evaluators],
         "model": plan.model_name(),
         "poolings": [p.name for p in plan.poolings],
         "pooling_default": plan.pooling_default,
+        "images_per_evaluator": {name: int(len(v)) for name, v in plan.selections.items()},
         "splits": splits,
         "forward_passes": int(sum(s.get("to_forward", 0) for s in splits.values())),
         "output": str(plan.output),

@@ -10,6 +10,7 @@ import typer
 from ..app import app
 from ..errors import InputError
 from . import options as o
+from .run import check_choices
 
 Output = Annotated[Path, typer.Option("--output", "-o", help="Feature file to write: .npz or .safetensors.",
                                       rich_help_panel=o.OUTPUT)]
@@ -43,9 +44,7 @@ def extract(
         raise InputError("extract needs --checkpoint and --imagenet-root")
     if not Path(imagenet_root).is_dir():
         raise InputError(f"{imagenet_root}: dataset root is not a folder")
-    if on_bad_image not in ("skip", "fail") or dtype not in ("fp32", "bf16", "fp16") or decode not in ("cpu", "gpu"):
-        raise InputError(f"--on-bad-image {on_bad_image!r} / --dtype {dtype!r} / --decode {decode!r}: use skip|fail, "
-                         "fp32|bf16|fp16, cpu|gpu")
+    check_choices({"on_bad_image": on_bad_image, "dtype": dtype, "decode": decode})
     from ..engine.device import EngineSpec  # torch from here on: the checks above answer at once
     from ..engine.distributed import session
     from ..engine.store import StoreSpec

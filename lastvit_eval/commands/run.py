@@ -115,14 +115,22 @@ def _literal_name(node) -> str | None:
     return found
 
 
+CHOICES = (("on_bad_image", ("skip", "fail")), ("on_bad_annotation", ("skip", "fail")),
+           ("dtype", ("fp32", "bf16", "fp16")), ("decode", ("cpu", "gpu")))
+
+
+def check_choices(kw: dict) -> None:
+    """Options with a fixed set of values, checked before anything heavy is imported."""
+    for name, allowed in CHOICES:
+        if kw.get(name) is not None and kw[name] not in allowed:
+            raise InputError(f"--{name.replace('_', '-')} {kw[name]!r}: use {' or '.join(allowed)}")
+
+
 def precheck(evaluators: list[str], kw: dict) -> None:
     """The errors that need no model, before torch is imported (so they answer at once): option values,
     evaluator names, a missing checkpoint file or dataset root. The plan checks all of them again."""
     get_ = kw.get
-    for name, allowed in (("on_bad_image", ("skip", "fail")), ("on_bad_annotation", ("skip", "fail")),
-                          ("dtype", ("fp32", "bf16", "fp16")), ("decode", ("cpu", "gpu"))):
-        if get_(name) is not None and get_(name) not in allowed:
-            raise InputError(f"--{name.replace('_', '-')} {get_(name)!r}: use {' or '.join(allowed)}")
+    check_choices(kw)
     if not evaluators:
         raise InputError("--evaluators: give at least one evaluator")
     known = evaluator_names()

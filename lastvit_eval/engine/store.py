@@ -275,6 +275,39 @@ class FeatureSpace:
         return out, np.array(sorted(lost), dtype=np.int64)
 
 
+# ---- zero-shot text classifiers (text/<key>.npy) ------------------------------------------------------
+
+def text_key(model, classnames: list[str], templates: list[str]) -> str:
+    """The model space's model part, the code fingerprint and the exact prompts."""
+    from .fingerprint import code_fingerprint
+
+    return sha256_bytes(canonical_json({"model": model_identity(model), "code": code_fingerprint(),
+                                        "classnames": classnames, "templates": templates}).encode())[:32]
+
+
+def read_text_classifier(root: Path, key: str, classes: int) -> np.ndarray | None:
+    """The stored classifier [dim, classes], or None (absent or unreadable: it is rebuilt)."""
+    path = Path(root) / "text" / f"{key}.npy"
+    try:
+        w = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return w if w.ndim == 2 and w.shape[1] == classes else None
+
+
+def write_text_classifier(root: Path, key: str, w: np.ndarray) -> None:
+    import io
+
+    path = Path(root) / "text" / f"{key}.npy"
+    buf = io.BytesIO()
+    np.save(buf, w)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, buf.getvalue())
+    except OSError as e:
+        raise InputError(f"feature store {root}: cannot write the text classifier ({e.strerror or e})") from None
+
+
 # ---- listing and clearing (cache ls / cache clear) -------------------------------------------------
 
 @dataclass
