@@ -284,6 +284,17 @@ def _check_poolings(poolings, model: LoadedModel | None, test: Split) -> None:
         raise InputError(f"{test.source}: no features for pooling {', '.join(missing)} (has: {', '.join(have)})")
 
 
+def _check_internal_taps(evaluators, model: LoadedModel | None) -> None:
+    """Keys, CLS attention and block norms are read off transformer blocks: a CNN has none."""
+    from .engine.internals import INTERNAL_TAPS
+
+    for e in evaluators:
+        wanted = sorted(set(e.taps) & INTERNAL_TAPS)
+        if wanted and model is not None and not model.backbone.blocks():
+            raise InputError(f"{e.name}: needs {', '.join(wanted)} from transformer blocks, which {model.name} "
+                             "does not have")
+
+
 def build_plan(req: RunRequest) -> Plan:
     """Everything checkable without a forward pass; raises InputError (one line) on the first problem."""
     if not req.evaluators:
@@ -337,6 +348,7 @@ def build_plan(req: RunRequest) -> Plan:
             raise InputError(f"{test.source}: classes not present in the training set: {', '.join(unknown[:5])}")
     poolings, default = _default_poolings(req, model, test)
     _check_poolings(poolings, model, test)
+    _check_internal_taps(evaluators, model)
     declared = declared_labels(req.root) if req.root is not None else None
     if features_mode:
         declared = (test.features.meta.get("dataset", {}) or {}).get("declared_labels") or None

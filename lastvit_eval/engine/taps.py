@@ -3,7 +3,9 @@
 Taps (keys `<tap>/<pooling name>`, or the bare tap for pooling-free ones):
 `pooled` (the pooled token), `embedding` (pooled token through the projection, CLIP), `logits` (the
 checkpoint's head), `patch_scores` (cosine of every patch token with the pooled token), `votes` (LAST:
-channels that chose each patch) and, pooling-free, `patch_tokens` (fp16). The forward emits only what
+channels that chose each patch) and, pooling-free, `patch_tokens` (fp16), the last block's `keys` (patch
+tokens, heads concatenated, fp16), `cls_attn` (the CLS query's attention over the patches, per head) and
+`block_norms` (every token's norm after every block; see `internals.py`). The forward emits only what
 is asked; `CHEAP_TAPS` are those that cost nothing next to the backbone, which the feature store keeps
 whenever an image is forwarded anyway.
 """
@@ -19,9 +21,11 @@ from ..errors import InputError
 from ..models.base import LoadedModel
 from ..pooling import PoolingSpec, patch_scores, pool
 from .device import autocast
+from .internals import INTERNAL_TAPS, traced_tokens
 
-TAP_KINDS = ("pooled", "embedding", "patch_scores", "votes", "logits", "patch_tokens")
-POOLING_FREE = frozenset({"patch_tokens"})
+TAP_KINDS = ("pooled", "embedding", "patch_scores", "votes", "logits", "patch_tokens", "keys", "cls_attn",
+             "block_norms")
+POOLING_FREE = frozenset({"patch_tokens", "keys", "cls_attn", "block_norms"})
 CHEAP_TAPS = frozenset({"pooled", "embedding", "patch_scores", "votes", "logits"})
 
 
@@ -59,14 +63,21 @@ def forward_taps(model: LoadedModel, x: torch.Tensor, request: TapRequest, dtype
     `tokens_fn` replaces `backbone.tokens` (e.g. its torch.compile'd version).
     """
     bb = model.backbone
+    want = request.taps & INTERNAL_TAPS
     with autocast(x.device, dtype):
-        tokens = (tokens_fn or bb.tokens)(x)
+        tokens, internals = traced_tokens(bb, x, want, tokens_fn=tokens_fn)
     tokens = tokens.float()
     prefix = bb.num_prefix_tokens
     patches = tokens[:, prefix:]
     out: dict[str, torch.Tensor] = {}
     if "patch_tokens" in request.taps:
         out["patch_tokens"] = patches.half()
+    if "keys" in internals:
+        out["keys"] = internals["keys"][:, prefix:].half()
+    if "cls_attn" in internals:
+        out["cls_attn"] = internals["cls_attn"][:, :, prefix:].float()
+    if "block_norms" in internals:
+        out["block_norms"] = internals["block_norms"].float()
     for spec in request.poolings:
         p = pool(tokens, prefix, spec)
         name = spec.name

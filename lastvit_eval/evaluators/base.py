@@ -4,7 +4,8 @@ An evaluator declares what it needs and the pipeline (`plan.py` -> `engine/` -> 
 
 * `name`: the command-line name (`patch-hit`); metric keys use it with underscores (`patch_hit.top1`).
 * `taps`: per-pooling arrays it reads from the forward pass (`pooled`, `patch_scores`, `votes`, `logits`,
-  `embedding`), plus pooling-free ones (`patch_tokens`).
+  `embedding`), plus pooling-free ones (`patch_tokens`, and from the last block `keys`, `cls_attn`, plus
+  `block_norms`: see `engine/internals.py`).
 * `splits`: `("test",)` or `("train", "test")`.
 * `needs`: annotations and model parts: `labels`, `boxes`, `seg_labels`, `head`, `text` (a CLIP text tower).
 * `metrics`: unit and direction of every metric it writes (glob patterns over metric keys), so reports
@@ -38,7 +39,7 @@ UNITS = ("percent", "cosine", "ratio", "count", "seconds", "score")
 DIRECTIONS = ("higher", "lower", "none")
 NEEDS = frozenset({"labels", "boxes", "seg_labels", "head", "text"})
 SPLITS = ("train", "test")
-POOLING_FREE_TAPS = frozenset({"patch_tokens"})
+POOLING_FREE_TAPS = frozenset({"patch_tokens", "keys", "cls_attn", "block_norms"})
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,15 @@ class Backbone(nn.Module):
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         return pooled
 
+    def blocks(self) -> list[nn.Module]:
+        """The transformer blocks in order, each called as `block(x, ...)` on batch-first tokens [B, N, D].
+
+        `engine/internals.py` hooks them for taps no library exposes uniformly (last-block keys and values,
+        CLS attention, per-block token norms) and for token dropping; a backbone without transformer blocks
+        (a CNN) returns [] and those taps are refused at plan time.
+        """
+        return []
+
 
 @dataclass
 class LoadedModel:

@@ -168,6 +168,9 @@ class TimmBackbone(Backbone):
         m = self.model
         return m.head(m.head_drop(m.fc_norm(pooled)))
 
+    def blocks(self) -> list[torch.nn.Module]:
+        return list(self.model.blocks)  # after _pos_embed / norm_pre, before the final norm
+
 
 def load(raw, opts: LoadOptions, source: str, sha256: str | None, hint: ArchHint | None = None) -> LoadedModel:
     """`hint`: a config known from outside the file; else read from the file (DINO / timm `args`, `arch`)."""

@@ -180,6 +180,12 @@ class OpenCLIPBackbone(Backbone):
         proj = self.clip.visual.proj
         return pooled if proj is None else pooled @ proj.to(pooled.dtype)
 
+    def blocks(self) -> list[torch.nn.Module]:
+        t = self.clip.visual.transformer
+        if not getattr(t, "batch_first", True):  # open_clip < 2.23 runs its blocks sequence-first
+            return []
+        return list(t.resblocks)  # after ln_pre, before ln_post
+
 
 def load(raw, opts: LoadOptions, source: str, sha256: str | None, hint: ArchHint | None = None) -> LoadedModel:
     """`hint`: a config known from outside the file (a hub name); else the training run name, if any."""

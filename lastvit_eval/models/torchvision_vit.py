@@ -105,6 +105,9 @@ class TorchvisionBackbone(Backbone):
     def head(self, pooled: torch.Tensor) -> torch.Tensor | None:
         return self.model.heads(pooled) if self.has_head else None
 
+    def blocks(self) -> list[torch.nn.Module]:
+        return list(self.model.encoder.layers)  # pos_embedding is added before the first, ln after the last
+
 
 def build(arch: ArchSpec) -> VisionTransformer:
     from torchvision.models import VisionTransformer
