@@ -27,6 +27,10 @@ def report(
         None, "--metrics", "-m", metavar="METRIC[,METRIC...]",
         help="Console only: a table of these metrics (names or globs, comma-separated) side by side per run, "
              "instead of one row per run and metric. Files keep every metric."),
+    reference: str | None = typer.Option(
+        None, "--reference", metavar="paper|FILE",
+        help="Put published numbers beside measured ones (reference.csv / reference.md): 'paper' for the "
+             "LaSt-ViT paper's table shipped with the package, or a CSV with the same columns."),
 ) -> None:
     """Aggregate runs into one table; with --baseline, fail (exit 1) when a metric regressed or vanished.
 
@@ -38,11 +42,16 @@ def report(
     """
     from ..report import aggregate as agg
     from ..report import gate as gt
-    from ..report.console import print_gate, print_report
+    from ..report.console import print_gate, print_reference, print_report
     from ..report.show import make_console
 
     tolerances = gt.parse_tolerances(tolerance)
-    long = agg.aggregate(runs)
+    ref_table = None
+    if reference is not None:
+        from ..report.reference import load_reference
+
+        ref_table = load_reference(reference)  # a bad --reference fails before anything is read or written
+    long, records = agg.aggregate_records(runs)
     console = make_console()
     if metrics:
         from ..report.console import select_metrics
@@ -51,6 +60,13 @@ def report(
     paths = agg.write_report(long, output)
     print_report(long, console, metrics)
     console.print(f"wrote {paths['csv']}, {paths['wide_csv']}, {paths['md']}", soft_wrap=True, markup=False)
+    if ref_table is not None:
+        from ..report.reference import attach, write_reference
+
+        matched = attach(long, records, ref_table)
+        ref_paths = write_reference(matched, output)
+        print_reference(matched, console)
+        console.print(f"wrote {ref_paths['csv']}, {ref_paths['md']}", soft_wrap=True, markup=False)
     if baseline is None:
         return
     result = gt.compare_to_baseline(long, gt.read_baseline(baseline), tolerances)

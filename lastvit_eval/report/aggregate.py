@@ -183,6 +183,11 @@ def write_report(long: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
 
 def aggregate(paths: Iterable[str | Path]) -> pd.DataFrame:
     """Run folders (or folders of run folders) -> the sorted long table."""
+    return aggregate_records(paths)[0]
+
+
+def aggregate_records(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, dict[tuple, dict]]:
+    """The long table and each run's record by its identity (checkpoint, pooling, dataset, run)."""
     runs = find_runs(paths)
     records = [load_record(r) for r in runs]
     seen: dict[tuple, Path] = {}
@@ -193,4 +198,4 @@ def aggregate(paths: Iterable[str | Path]) -> pd.DataFrame:
                 f"{run_dir}: same checkpoint/pooling/dataset/run name as {seen[ident]}; rename one run"
             )
         seen[ident] = run_dir
-    return long_table(records)
+    return long_table(records), {record_identity(r): r for r in records}

@@ -163,6 +163,17 @@ def print_report(long: pd.DataFrame, console: Console, metrics: Sequence[str] | 
                 sections=sections, styles=styles, keep_whole=["metric"])
 
 
+def print_reference(matched: pd.DataFrame, console: Console) -> None:
+    """`report --reference`: measured values beside the published ones, or why there are none."""
+    from .reference import display
+
+    if matched.empty:
+        console.print("reference: no measured metric has a published counterpart (matched on supervision, "
+                      "architecture, dataset and metric; see README, Reproducing the paper)", soft_wrap=True)
+        return
+    print_frame(display(matched), title=f"{len(matched)} value(s) beside the published ones", console=console)
+
+
 def print_gate(report, console: Console, gate_md) -> None:
     """Rows that did not pass first (the full table is in gate.md), notes, then the one-line summary."""
     from .gate import PASS, STATUSES
