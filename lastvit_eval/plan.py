@@ -253,12 +253,14 @@ def _default_poolings(req: RunRequest, model: LoadedModel | None, test: Split) -
             raise InputError(f"{test.source}: holds no pooled features; pass -p")
         return tuple(specs), True
     hub = str(req.checkpoint).startswith(HUB_PREFIXES)
+    if hub and model.backbone.num_prefix_tokens < 1:  # no class token (ResNet, SigLIP): the model's own pool
+        return ((PoolingSpec("map"),) if model.backbone.has_map_head else (PoolingSpec("gap"),)), True
     return ((PoolingSpec("cls"),) if hub else (PoolingSpec("last", topk=1),)), True
 
 
 def pooling_from_name(name: str, source: str) -> PoolingSpec:
     """The spec behind a stored pooling name (`cls`, `gap`, `last-k5`, `last-k1-s20-paper`)."""
-    if name in ("cls", "gap"):
+    if name in ("cls", "gap", "map"):
         return PoolingSpec(name)  # type: ignore[arg-type]
     m = re.fullmatch(r"last-k(\d+)(?:-s([0-9.eE+-]+?))?(?:-(paper))?", name)
     if not m:
@@ -274,8 +276,13 @@ def _check_poolings(poolings, model: LoadedModel | None, test: Split) -> None:
             if p.kind == "last" and p.topk > n_patches:
                 raise InputError(f"pooling {p.name}: k={p.topk} exceeds the {n_patches} patches of {model.name} "
                                  "(LAST would silently become GAP)")
-            if p.kind == "cls" and model.backbone.num_prefix_tokens < 1:
-                raise InputError(f"pooling cls: {model.name} has no class token; use gap or last")
+            kinds = [k for k, ok in (("cls", model.backbone.num_prefix_tokens >= 1), ("gap", True), ("last", True),
+                                     ("map", model.backbone.has_map_head)) if ok]
+            use = ", ".join(f"-p {k}" for k in kinds[:-1]) + f" or -p {kinds[-1]}"
+            if p.kind == "cls" and "cls" not in kinds:
+                raise InputError(f"pooling cls: {model.name} ({model.arch.name}) has no class token; use {use}")
+            if p.kind == "map" and "map" not in kinds:
+                raise InputError(f"pooling map: {model.name} ({model.arch.name}) has no attention-pool head; use {use}")
         return
     arrays = getattr(test.features, "arrays", {})
     have = sorted({k.split("/", 1)[1] for k in arrays if "/" in k})

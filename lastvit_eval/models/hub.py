@@ -82,8 +82,8 @@ def _torchvision(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
     from . import torchvision_vit
 
     arch, _, tag = rest.partition("/")
-    if not arch.startswith("vit_"):
-        raise InputError(f"{name}: only torchvision ViTs (vit_*) are supported")
+    if not arch.startswith(("vit_", "resnet", "wide_resnet")):
+        raise InputError(f"{name}: only torchvision ViTs (vit_*) and ResNets (resnet*) are supported")
     try:
         enum = get_model_weights(arch)
     except (ValueError, KeyError):
@@ -101,8 +101,13 @@ def _torchvision(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
         except Exception as e:  # noqa: BLE001 - any download failure is the same user-facing problem
             raise _missing(name, path.name, f"{type(e).__name__}: {e}") from None
     raw = read_checkpoint(path, trust=opts.trust)
-    hint = torchvision_hint(arch, f"torchvision {arch}", origin="library config")
-    model = torchvision_vit.load(raw, opts, name, sha256_file(path), hint=hint)
+    if arch.startswith("vit_"):
+        hint = torchvision_hint(arch, f"torchvision {arch}", origin="library config")
+        model = torchvision_vit.load(raw, opts, name, sha256_file(path), hint=hint)
+    else:
+        from . import resnet
+
+        model = resnet.load(raw, opts, name, sha256_file(path), hint=arch)
     t = weights.transforms()
     spec = TransformSpec(resize=int(t.resize_size[0]), crop=int(t.crop_size[0]), interpolation=t.interpolation.value,
                          mean=tuple(t.mean), std=tuple(t.std))

@@ -10,7 +10,7 @@ from .base import LoadedModel, LoadOptions
 from .checkpoint import read_checkpoint, sha256_file
 
 # Adapter modules, tried in order; each exposes FAMILY, detect(raw) and load(raw, opts, source, sha256).
-FAMILIES = ["torchvision_vit", "dino_vit", "openclip_vit"]
+FAMILIES = ["torchvision_vit", "dino_vit", "openclip_vit", "resnet", "openclip_towers"]
 
 
 def _adapters():
