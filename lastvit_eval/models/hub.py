@@ -229,8 +229,16 @@ def _openclip(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
     raw = read_checkpoint(path, trust=opts.trust)
     if opts.quick_gelu is None:
         opts = dataclasses.replace(opts, quick_gelu=bool(cfg.get("quick_gelu", False)))
-    hint = openclip_hint(arch, f"open_clip {arch}", origin="library config")
-    model = openclip_vit.load(raw, opts, name, sha256_file(path), hint=hint)
+    model_cfg = open_clip.get_model_config(arch) or {}
+    vision = model_cfg.get("vision_cfg") or {}
+    if "timm_model_name" in vision or isinstance(vision.get("layers"), (list, tuple)):  # timm trunk or ResNet tower
+        from . import openclip_towers
+
+        model = openclip_towers.load(raw, opts, name, sha256_file(path), model_cfg=model_cfg,
+                                     cfg_where=f"open_clip {arch}")
+    else:
+        hint = openclip_hint(arch, f"open_clip {arch}", origin="library config")
+        model = openclip_vit.load(raw, opts, name, sha256_file(path), hint=hint)
     model.keys.steps.insert(0, f"open_clip pretrained {arch}/{tag} from {path}")
     t = model.transform
     spec = dataclasses.replace(t, mean=tuple(cfg.get("mean", t.mean)), std=tuple(cfg.get("std", t.std)),
