@@ -253,3 +253,45 @@ def test_hub_names_offline_uncached(tmp_path, monkeypatch, name):
     with pytest.raises(InputError, match="offline") as e:
         load_model(name)
     assert name in str(e.value) and "\n" not in str(e.value)
+
+
+# --- through the CLI ---------------------------------------------------------------------------------------------
+
+def test_cli_zero_shot_and_patch_hit_with_map_on_resnet_clip(rn_clip_file, imagenet_root, tmp_path):
+    """One run: zero-shot and PiB on the attnpool; the zero-shot rows are open_clip's own cosine argmax."""
+    import pandas as pd
+
+    from lastvit_eval.engine.dataset import load_rgb
+
+    ref, path = rn_clip_file
+    names = tmp_path / "names.txt"
+    names.write_text("tench\ngoldfish\ngreat white shark\ntiger shark\n")
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a photo of a {c}.\n")
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["run", "-e", "zero-shot,patch-hit", "-p", "map", "-c", str(path), "-r", str(imagenet_root),
+                            "--classnames", str(names), "--templates", str(templates), "-o", str(out),
+                            "--workers", "0", "--no-progress"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    rec = json.loads((out / "map" / "metrics.json").read_text())
+    assert rec["info"]["patch-hit"]["evaluated"] == 5 and rec["provenance"]["pooling"]["kind"] == "map"
+    rows = pd.read_csv(out / "map" / "zero_shot_rows.csv")
+    tok = SimpleTokenizer(context_length=16)([f"a photo of a {c}." for c in names.read_text().split("\n")[:4]])
+    loaded = load_model(path)
+    with torch.no_grad():
+        text = F.normalize(ref.encode_text(tok), dim=-1)
+        for _, row in rows.iterrows():
+            img = next((imagenet_root / "val").rglob(f"{row['image_id']}.JPEG"))
+            x = loaded.transform.normalize(loaded.transform.pixels(load_rgb(img))[None])
+            assert int((F.normalize(ref.encode_image(x), dim=-1) @ text.T).argmax()) == row["pred"]
+
+
+def test_cli_extract_defaults_follow_the_model(rn_clip_file, imagenet_root, tmp_path):
+    from lastvit_eval.features_io import load_features
+
+    _, path = rn_clip_file
+    out = tmp_path / "f.npz"
+    r = runner.invoke(app, ["extract", "-c", str(path), "-r", str(imagenet_root), "--output", str(out), "--workers",
+                            "0", "--no-progress"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert {k.split("/", 1)[1] for k in load_features(out).arrays if "/" in k} == {"gap", "last-k1", "map"}
