@@ -240,6 +240,9 @@ def _openclip(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
         hint = openclip_hint(arch, f"open_clip {arch}", origin="library config")
         model = openclip_vit.load(raw, opts, name, sha256_file(path), hint=hint)
     model.keys.steps.insert(0, f"open_clip pretrained {arch}/{tag} from {path}")
+    if cfg.get("resize_mode", "shortest") != "shortest":  # e.g. SigLIP's squash: recorded, not reproduced
+        model.keys.steps.append(f"note: open_clip preprocesses {arch}/{tag} with resize_mode="
+                                f"{cfg['resize_mode']!r}; lastvit-eval uses resize (short side) + center crop")
     t = model.transform
     spec = dataclasses.replace(t, mean=tuple(cfg.get("mean", t.mean)), std=tuple(cfg.get("std", t.std)),
                                interpolation=cfg.get("interpolation", t.interpolation))

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from ..data.transform import CLIP_MEAN, CLIP_STD, TransformSpec
 from ..errors import InputError
 from ..pooling import Pooled
+from . import openclip_vit
 from .base import ArchSpec, Backbone, KeyReport, LoadedModel, LoadOptions
 from .keys import drop_keys, strict_load, to_float32
 from .openclip_vit import _count, _need, clip_kwargs, quick_gelu_rule, text_config, unwrap_any
@@ -161,11 +162,12 @@ def _build(cfg: dict, quick_gelu: bool):
 
 
 def load(raw, opts: LoadOptions, source: str, sha256: str | None, model_cfg: dict | None = None,
-         cfg_where: str | None = None) -> LoadedModel:
-    """`model_cfg`: open_clip's config for the hub name (timm towers), else found beside / inside the file."""
+         cfg_where: str | None = None, hint=None) -> LoadedModel:
+    """`model_cfg`: open_clip's config for the hub name (timm towers), else found beside / inside the file.
+    A plain ViT CLIP goes to `openclip_vit` (with `hint`), so one family name serves every CLIP tower."""
     found = unwrap_any(raw, opts)
     if found is None or _kind(found[0]) is None:
-        raise InputError(f"{source}: not an OpenCLIP ResNet or timm-trunk checkpoint")
+        return openclip_vit.load(raw, opts, source, sha256, hint=hint)
     sd, report, hints = found
     sd, ignored = drop_keys(sd, opts.ignore_keys)
     report.ignored = ignored

@@ -197,10 +197,6 @@ class OpenCLIPBackbone(Backbone):
 
 def load(raw, opts: LoadOptions, source: str, sha256: str | None, hint: ArchHint | None = None) -> LoadedModel:
     """`hint`: a config known from outside the file (a hub name); else the training run name, if any."""
-    from . import openclip_towers
-
-    if openclip_towers.detect(raw, opts):  # ResNet (`visual.layer1.*`) and timm-trunk towers have their own adapter
-        return openclip_towers.load(raw, opts, source, sha256)
     found = unwrap(raw, opts)
     if found is None:
         raise InputError(f"{source}: not a CLIP checkpoint (no visual.conv1.weight after unwrapping)")
