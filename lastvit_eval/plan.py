@@ -253,12 +253,14 @@ def _default_poolings(req: RunRequest, model: LoadedModel | None, test: Split) -
             raise InputError(f"{test.source}: holds no pooled features; pass -p")
         return tuple(specs), True
     hub = str(req.checkpoint).startswith(HUB_PREFIXES)
+    if hub and model.backbone.num_prefix_tokens < 1:  # no class token (ResNet, SigLIP): the model's own pool
+        return ((PoolingSpec("map"),) if model.backbone.has_map_head else (PoolingSpec("gap"),)), True
     return ((PoolingSpec("cls"),) if hub else (PoolingSpec("last", topk=1),)), True
 
 
 def pooling_from_name(name: str, source: str) -> PoolingSpec:
     """The spec behind a stored pooling name (`cls`, `gap`, `last-k5`, `last-k1-s20-paper`)."""
-    if name in ("cls", "gap"):
+    if name in ("cls", "gap", "map"):
         return PoolingSpec(name)  # type: ignore[arg-type]
     m = re.fullmatch(r"last-k(\d+)(?:-s([0-9.eE+-]+?))?(?:-(paper))?", name)
     if not m:
@@ -274,8 +276,13 @@ def _check_poolings(poolings, model: LoadedModel | None, test: Split) -> None:
             if p.kind == "last" and p.topk > n_patches:
                 raise InputError(f"pooling {p.name}: k={p.topk} exceeds the {n_patches} patches of {model.name} "
                                  "(LAST would silently become GAP)")
-            if p.kind == "cls" and model.backbone.num_prefix_tokens < 1:
-                raise InputError(f"pooling cls: {model.name} has no class token; use gap or last")
+            kinds = [k for k, ok in (("cls", model.backbone.num_prefix_tokens >= 1), ("gap", True), ("last", True),
+                                     ("map", model.backbone.has_map_head)) if ok]
+            use = ", ".join(f"-p {k}" for k in kinds[:-1]) + f" or -p {kinds[-1]}"
+            if p.kind == "cls" and "cls" not in kinds:
+                raise InputError(f"pooling cls: {model.name} ({model.arch.name}) has no class token; use {use}")
+            if p.kind == "map" and "map" not in kinds:
+                raise InputError(f"pooling map: {model.name} ({model.arch.name}) has no attention-pool head; use {use}")
         return
     arrays = getattr(test.features, "arrays", {})
     have = sorted({k.split("/", 1)[1] for k in arrays if "/" in k})
@@ -292,7 +299,9 @@ def _check_internal_taps(evaluators, model: LoadedModel | None) -> None:
         wanted = sorted(set(e.taps) & INTERNAL_TAPS)
         if wanted and model is not None and not model.backbone.blocks():
             raise InputError(f"{e.name}: needs {', '.join(wanted)} from transformer blocks, which {model.name} "
-                             "does not have")
+                             "does not expose (a CNN, or attention with rotary embeddings)")
+        if "cls_attn" in wanted and model is not None and model.backbone.num_prefix_tokens < 1:
+            raise InputError(f"{e.name}: needs the CLS attention, and {model.name} has no class token")
 
 
 def build_plan(req: RunRequest) -> Plan:
@@ -396,6 +405,10 @@ def _text_plan(plan: Plan) -> TextClassifier:
         kind = "feature files" if plan.model is None else f"a {plan.model.arch.family} model"
         raise InputError(f"{req.checkpoint or req.test_features}: zero-shot needs a CLIP checkpoint with a text "
                          f"tower (family openclip); this is {kind}")
+    tokenizer = (getattr(plan.model.backbone, "details", None) or {}).get("tokenizer")
+    if tokenizer:  # e.g. SigLIP: open_clip's SimpleTokenizer would give other token ids, hence wrong class vectors
+        raise InputError(f"{req.checkpoint}: zero-shot with this text tower needs the {tokenizer!r} tokenizer; only "
+                         "open_clip's SimpleTokenizer (OpenAI BPE) is supported")
     prompts = load_prompts(req.classnames, req.templates)
     if req.classnames is None:
         cmap = map_classes(plan.classes, len(prompts.classnames), f"{plan.test.source} (ImageNet-1k prompts)",

@@ -1,4 +1,7 @@
-"""Pooling of the final normalized tokens into one token per image: CLS, GAP or LAST.
+"""Pooling of the final normalized tokens into one token per image: CLS, GAP, LAST or MAP.
+
+MAP is the model's own attention-pool head (SigLIP's MAP head, a CLIP ResNet's `attnpool`): the backbone
+supplies it (`Backbone.map_pool`); this module only names the kind, so every pooling kind is spelled here.
 
 LAST (frequency-domain token selection) follows the label-supervised training code that produced the
 released weights: low-pass each patch token along the channel axis, score every (patch, channel) by
@@ -15,6 +18,7 @@ between patches go to the lower patch index, so the choice does not depend on th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -23,7 +27,8 @@ import torch.nn.functional as F
 
 from .errors import InputError
 
-PoolKind = Literal["cls", "gap", "last"]
+PoolKind = Literal["cls", "gap", "last", "map"]
+POOL_KINDS = ("cls", "gap", "last", "map")
 ScoreFormula = Literal["code", "paper"]
 
 
@@ -38,8 +43,8 @@ class PoolingSpec:
     eps: float = 1e-6  # only used by the paper formula
 
     def __post_init__(self) -> None:
-        if self.kind not in ("cls", "gap", "last"):
-            raise InputError(f"pooling: unknown kind {self.kind!r} (use cls, gap or last)")
+        if self.kind not in POOL_KINDS:
+            raise InputError(f"pooling: unknown kind {self.kind!r} (use cls, gap, last or map)")
         if self.topk < 1:
             raise InputError(f"pooling: --topk must be >= 1, got {self.topk}")
         if self.sigma is not None and not self.sigma > 0:
@@ -64,7 +69,7 @@ class PoolingSpec:
 
     @classmethod
     def parse(cls, text: str) -> PoolingSpec:
-        """Parse `cls`, `gap`, `last`, `last:k=5`, `last:k=1,sigma=20,formula=paper`."""
+        """Parse `cls`, `gap`, `map`, `last`, `last:k=5`, `last:k=1,sigma=20,formula=paper`."""
         kind, _, rest = text.strip().partition(":")
         kwargs: dict = {}
         for part in filter(None, rest.split(",")):
@@ -96,6 +101,10 @@ class Pooled:
 
     token: torch.Tensor  # [B, D] pooled token, in the space of the final normalized tokens
     votes: torch.Tensor | None = None  # [B, N] channels that selected each patch (LAST only)
+    # MAP only: the patch tokens in the pooled token's space (for patch scores) when the head changes space
+    # (a CLIP ResNet's attnpool ends in c_proj), and whether the token is already in the embedding space.
+    patches: torch.Tensor | None = None
+    projected: bool = False
 
 
 def gaussian_lowpass_kernel(dim: int, sigma: float | None, device=None) -> torch.Tensor:
@@ -148,8 +157,17 @@ def last_pool(patches: torch.Tensor, spec: PoolingSpec) -> Pooled:
     return Pooled(token=token, votes=votes)
 
 
-def pool(tokens: torch.Tensor, num_prefix: int, spec: PoolingSpec) -> Pooled:
-    """Pool final normalized tokens [B, num_prefix + N, D] (prefix = CLS and registers)."""
+def pool(tokens: torch.Tensor, num_prefix: int, spec: PoolingSpec,
+         map_head: Callable[[torch.Tensor], Pooled | None] | None = None) -> Pooled:
+    """Pool final normalized tokens [B, num_prefix + N, D] (prefix = CLS and registers).
+
+    `map_head`: the backbone's attention-pool head (`Backbone.map_pool`), needed for `map` only.
+    """
+    if spec.kind == "map":
+        out = map_head(tokens) if map_head is not None else None
+        if out is None:
+            raise InputError("pooling: map requested but the model has no attention-pool head")
+        return out
     if spec.kind == "cls":
         if num_prefix < 1:
             raise InputError("pooling: cls requested but the model has no class token")

@@ -50,7 +50,7 @@ def test_offline_uncached_is_one_clear_error(offline_empty_cache, name):
     assert "\n" not in msg
 
 
-@pytest.mark.parametrize(("name", "match"), [("torchvision:resnet50", "only torchvision ViTs"),
+@pytest.mark.parametrize(("name", "match"), [("torchvision:alexnet", "only torchvision ViTs"),
                                              ("torchvision:vit_b_16/NOPE", "unknown weights 'NOPE'"),
                                              ("timm:no_such_model_xyz", "no pretrained weights"),
                                              ("openclip:ViT-B-16/nope", "no weights 'nope'")])

@@ -55,16 +55,21 @@ def extract(
     from ..report.console import console, print_counts
     from .run import poolings_from
 
-    specs = poolings_from(pooling, topk, sigma, score_formula) or (
-        PoolingSpec("cls"), PoolingSpec("gap"), PoolingSpec("last", topk=1))
+    given = poolings_from(pooling, topk, sigma, score_formula)
+    specs = given or (PoolingSpec("cls"), PoolingSpec("gap"), PoolingSpec("last", topk=1))
     engine = EngineSpec(device=device, dtype=dtype, batch_size=batch_size, workers=workers, on_bad_image=on_bad_image,
                         channels_last=channels_last, compile=compile, decode=decode)
     store = StoreSpec(dir=cache_dir, enabled=not no_cache, shard_size=shard_size)
     model = load_model(checkpoint, LoadOptions(trust=trust_checkpoint, ignore_keys=tuple(ignore_keys or ()),
                                                num_heads=num_heads, checkpoint_key=checkpoint_key, family=family,
                                                quick_gelu=quick_gelu))
+    if not given:  # the defaults follow the model: no class token (ResNet, SigLIP), its own attention pool
+        specs = tuple(p for p in specs if p.kind != "cls" or model.backbone.num_prefix_tokens >= 1) + (
+            (PoolingSpec("map"),) if model.backbone.has_map_head else ())
     if any(p.kind == "cls" for p in specs) and model.backbone.num_prefix_tokens < 1:
         raise InputError(f"pooling cls: {model.name} has no class token; use gap or last")
+    if any(p.kind == "map" for p in specs) and not model.backbone.has_map_head:
+        raise InputError(f"pooling map: {model.name} has no attention-pool head; use cls, gap or last")
     with session(device, barrier_timeout):
         fs = extract_split(model, imagenet_root, split, specs, default_taps(model, patch_tokens), engine,
                            progress=not no_progress, limit=limit, store=store)

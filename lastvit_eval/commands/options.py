@@ -36,9 +36,10 @@ QuickGelu = Annotated[bool | None, _opt("--quick-gelu/--no-quick-gelu", help="CL
                                         "weights); default: detect.", panel=MODEL)]
 
 # --- pooling -----------------------------------------------------------------------------------------
-Pooling = Annotated[list[str] | None, _opt("--pooling", "-p", help="cls | gap | last | last:k=5,sigma=20,"
-                                           "formula=paper (repeatable). Default: cls for hub baselines, last "
-                                           "otherwise.", panel=POOL)]
+Pooling = Annotated[list[str] | None, _opt("--pooling", "-p", help="cls | gap | last | map | last:k=5,sigma=20,"
+                                           "formula=paper (repeatable); map = the model's own attention-pool head "
+                                           "(SigLIP, CLIP ResNets). Default: cls for hub baselines (map or gap "
+                                           "without a class token), last otherwise.", panel=POOL)]
 TopK = Annotated[int | None, _opt("--topk", help="Shorthand: k for every `last` pooling that does not set it.",
                                   panel=POOL)]
 Sigma = Annotated[float | None, _opt("--sigma", help="Shorthand: LAST Gaussian width (default sqrt(D)).",

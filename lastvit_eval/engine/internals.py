@@ -88,6 +88,8 @@ def traced_tokens(bb: Backbone, x: torch.Tensor, want: frozenset[str] = frozense
     if not blocks:
         raise InputError(f"{type(bb).__name__}: no transformer blocks to observe ({', '.join(sorted(want)) or 'keep'})")
     prefix = bb.num_prefix_tokens
+    if "cls_attn" in want and prefix < 1:
+        raise InputError(f"{type(bb).__name__}: no class token, so no CLS attention")
     seen: dict[str, torch.Tensor] = {}
     norms: list[torch.Tensor] = []
     handles = []

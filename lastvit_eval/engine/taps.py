@@ -79,14 +79,14 @@ def forward_taps(model: LoadedModel, x: torch.Tensor, request: TapRequest, dtype
     if "block_norms" in internals:
         out["block_norms"] = internals["block_norms"].float()
     for spec in request.poolings:
-        p = pool(tokens, prefix, spec)
+        p = pool(tokens, prefix, spec, bb.map_pool)
         name = spec.name
         if "pooled" in request.taps:
             out[f"pooled/{name}"] = p.token
         if "embedding" in request.taps and model.arch.embed_dim is not None:
-            out[f"embedding/{name}"] = bb.project(p.token).float()
+            out[f"embedding/{name}"] = (p.token if p.projected else bb.project(p.token)).float()
         if "patch_scores" in request.taps:
-            out[f"patch_scores/{name}"] = patch_scores(patches, p.token)
+            out[f"patch_scores/{name}"] = patch_scores(patches if p.patches is None else p.patches, p.token)
         if "votes" in request.taps and p.votes is not None:
             out[f"votes/{name}"] = p.votes
         if "logits" in request.taps:

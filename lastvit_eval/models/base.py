@@ -10,6 +10,7 @@ from torch import nn
 
 from ..data.transform import TransformSpec
 from ..errors import InputError
+from ..pooling import Pooled
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class Backbone(nn.Module):
     """
 
     num_prefix_tokens: int = 1
+    has_map_head: bool = False  # True where `map_pool` is the model's own attention-pool head
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -104,6 +106,10 @@ class Backbone(nn.Module):
         (a CNN) returns [] and those taps are refused at plan time.
         """
         return []
+
+    def map_pool(self, tokens: torch.Tensor) -> Pooled | None:
+        """The model's own attention-pool head on `tokens(x)` (pooling `map`); None without one."""
+        return None
 
 
 @dataclass

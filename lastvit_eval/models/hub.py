@@ -82,8 +82,8 @@ def _torchvision(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
     from . import torchvision_vit
 
     arch, _, tag = rest.partition("/")
-    if not arch.startswith("vit_"):
-        raise InputError(f"{name}: only torchvision ViTs (vit_*) are supported")
+    if not arch.startswith(("vit_", "resnet", "wide_resnet")):
+        raise InputError(f"{name}: only torchvision ViTs (vit_*) and ResNets (resnet*) are supported")
     try:
         enum = get_model_weights(arch)
     except (ValueError, KeyError):
@@ -101,8 +101,13 @@ def _torchvision(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
         except Exception as e:  # noqa: BLE001 - any download failure is the same user-facing problem
             raise _missing(name, path.name, f"{type(e).__name__}: {e}") from None
     raw = read_checkpoint(path, trust=opts.trust)
-    hint = torchvision_hint(arch, f"torchvision {arch}", origin="library config")
-    model = torchvision_vit.load(raw, opts, name, sha256_file(path), hint=hint)
+    if arch.startswith("vit_"):
+        hint = torchvision_hint(arch, f"torchvision {arch}", origin="library config")
+        model = torchvision_vit.load(raw, opts, name, sha256_file(path), hint=hint)
+    else:
+        from . import resnet
+
+        model = resnet.load(raw, opts, name, sha256_file(path), hint=arch)
     t = weights.transforms()
     spec = TransformSpec(resize=int(t.resize_size[0]), crop=int(t.crop_size[0]), interpolation=t.interpolation.value,
                          mean=tuple(t.mean), std=tuple(t.std))
@@ -224,9 +229,20 @@ def _openclip(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
     raw = read_checkpoint(path, trust=opts.trust)
     if opts.quick_gelu is None:
         opts = dataclasses.replace(opts, quick_gelu=bool(cfg.get("quick_gelu", False)))
-    hint = openclip_hint(arch, f"open_clip {arch}", origin="library config")
-    model = openclip_vit.load(raw, opts, name, sha256_file(path), hint=hint)
+    model_cfg = open_clip.get_model_config(arch) or {}
+    vision = model_cfg.get("vision_cfg") or {}
+    if "timm_model_name" in vision or isinstance(vision.get("layers"), (list, tuple)):  # timm trunk or ResNet tower
+        from . import openclip_towers
+
+        model = openclip_towers.load(raw, opts, name, sha256_file(path), model_cfg=model_cfg,
+                                     cfg_where=f"open_clip {arch}")
+    else:
+        hint = openclip_hint(arch, f"open_clip {arch}", origin="library config")
+        model = openclip_vit.load(raw, opts, name, sha256_file(path), hint=hint)
     model.keys.steps.insert(0, f"open_clip pretrained {arch}/{tag} from {path}")
+    if cfg.get("resize_mode", "shortest") != "shortest":  # e.g. SigLIP's squash: recorded, not reproduced
+        model.keys.steps.append(f"note: open_clip preprocesses {arch}/{tag} with resize_mode="
+                                f"{cfg['resize_mode']!r}; lastvit-eval uses resize (short side) + center crop")
     t = model.transform
     spec = dataclasses.replace(t, mean=tuple(cfg.get("mean", t.mean)), std=tuple(cfg.get("std", t.std)),
                                interpolation=cfg.get("interpolation", t.interpolation))

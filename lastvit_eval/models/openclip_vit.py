@@ -44,6 +44,12 @@ TEXT_HEAD_WIDTH = 64  # open_clip / OpenAI text towers: heads = width // 64
 
 def unwrap(raw, opts: LoadOptions | None = None) -> tuple[dict, KeyReport, dict] | None:
     """Find a CLIP state dict; returns it, the key report and hints (run name, OpenAI markers)."""
+    found = unwrap_any(raw, opts)
+    return found if found is not None and "visual.conv1.weight" in found[0] else None
+
+
+def unwrap_any(raw, opts: LoadOptions | None = None) -> tuple[dict, KeyReport, dict] | None:
+    """`unwrap` for any CLIP image tower (`visual.*`: ViT, ResNet, timm trunk)."""
     opts = opts or LoadOptions()
     report = KeyReport(format="CLIP state_dict")
     hints: dict = {"training_name": None, "openai_markers": False}
@@ -60,7 +66,7 @@ def unwrap(raw, opts: LoadOptions | None = None) -> tuple[dict, KeyReport, dict]
         return None
     sd = dict(obj)
     sd = strip_if_all(sd, "module.", report.steps)
-    if "visual.conv1.weight" not in sd:
+    if not any(k.startswith("visual.") for k in sd):
         return None
     markers = [k for k in OPENAI_MARKERS if k in sd]
     if markers:
@@ -128,7 +134,7 @@ def infer_config(sd: dict, opts: LoadOptions, source: str,
     heads, heads_source, config = resolve_heads(width, f"visual.conv1.weight {tuple(conv.shape)}", patch,
                                                 opts.num_heads, hint, source)
     embed_dim = _need(sd, "visual.proj", source).shape[1]
-    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+    from open_clip.model import CLIPVisionCfg
 
     vision = CLIPVisionCfg(
         layers=layers,
@@ -140,10 +146,19 @@ def infer_config(sd: dict, opts: LoadOptions, source: str,
         ls_init_value=1e-5 if "visual.transformer.resblocks.0.ls_1.gamma" in sd else None,
         no_ln_pre="visual.ln_pre.weight" not in sd,
     )
+    text = text_config(sd, source)
+    kwargs = {**clip_kwargs(sd), "heads_source": heads_source, "config": config}
+    return int(embed_dim), vision, text, kwargs
+
+
+def text_config(sd: dict, source: str) -> CLIPTextCfg:
+    """The text tower's config from shapes (shared by ViT and ResNet CLIPs)."""
+    from open_clip.model import CLIPTextCfg
+
     t_width = _need(sd, "ln_final.weight", source).shape[0]
     t_layers = _count(sd, "transformer.resblocks.")
     t_mlp = _need(sd, "transformer.resblocks.0.mlp.c_fc.weight", source).shape[0]
-    text = CLIPTextCfg(
+    return CLIPTextCfg(
         context_length=_need(sd, "positional_embedding", source).shape[0],
         vocab_size=_need(sd, "token_embedding.weight", source).shape[0],
         width=t_width,
@@ -153,14 +168,13 @@ def infer_config(sd: dict, opts: LoadOptions, source: str,
         ls_init_value=1e-5 if "transformer.resblocks.0.ls_1.gamma" in sd else None,
         proj_bias="text_projection.bias" in sd,
     )
+
+
+def clip_kwargs(sd: dict) -> dict:
+    """Logit scale / bias shapes, which CLIP's constructor must be told."""
     scale = sd.get("logit_scale")
-    kwargs = {
-        "init_logit_bias": 0.0 if "logit_bias" in sd else None,
-        "nonscalar_logit_scale": scale is not None and scale.ndim > 0,
-        "heads_source": heads_source,
-        "config": config,
-    }
-    return int(embed_dim), vision, text, kwargs
+    return {"init_logit_bias": 0.0 if "logit_bias" in sd else None,
+            "nonscalar_logit_scale": scale is not None and scale.ndim > 0}
 
 
 class OpenCLIPBackbone(Backbone):

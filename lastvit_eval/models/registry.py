@@ -10,7 +10,9 @@ from .base import LoadedModel, LoadOptions
 from .checkpoint import read_checkpoint, sha256_file
 
 # Adapter modules, tried in order; each exposes FAMILY, detect(raw) and load(raw, opts, source, sha256).
-FAMILIES = ["torchvision_vit", "dino_vit", "openclip_vit"]
+# openclip_towers (ResNet / timm-trunk CLIPs) comes before openclip_vit, which would claim a ResNet CLIP by its
+# `visual.conv1.weight`; it hands plain ViT CLIPs to openclip_vit, so `--family openclip` covers every tower.
+FAMILIES = ["torchvision_vit", "dino_vit", "openclip_towers", "openclip_vit", "resnet"]
 
 
 def _adapters():

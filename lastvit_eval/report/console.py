@@ -30,7 +30,8 @@ def describe_pooling(p) -> str:
         extra = "".join([f", sigma={p.sigma:g}" if p.sigma is not None else "",
                          ", paper score" if p.formula == "paper" else ""])
         return f"LAST pooling (k={p.topk} patch{'es' if p.topk != 1 else ''} per channel{extra})"
-    return {"cls": "CLS pooling (the class token)", "gap": "GAP pooling (mean of the patch tokens)"}.get(p.kind, p.name)
+    return {"cls": "CLS pooling (the class token)", "gap": "GAP pooling (mean of the patch tokens)",
+            "map": "MAP pooling (the model's own attention-pool head)"}.get(p.kind, p.name)
 
 
 def pooling_caption(poolings: Sequence) -> str:
