@@ -5,13 +5,17 @@ Taps (keys `<tap>/<pooling name>`, or the bare tap for pooling-free ones):
 checkpoint's head), `patch_scores` (cosine of every patch token with the pooled token), `votes` (LAST:
 channels that chose each patch) and, pooling-free, `patch_tokens` (fp16), the last block's `keys` (patch
 tokens, heads concatenated, fp16), `cls_attn` (the CLS query's attention over the patches, per head) and
-`block_norms` (every token's norm after every block; see `internals.py`). The forward emits only what
-is asked; `CHEAP_TAPS` are those that cost nothing next to the backbone, which the feature store keeps
+`block_norms` (every token's norm after every block; see `internals.py`). `masked_logits@top0.25` (the
+masking probe, `masked_tap`): the head's logits after a second forward from which the given fraction of
+highest- (`top`) or lowest- (`bottom`) scoring patches was dropped, ranked by that pooling's patch scores.
+The forward emits only what is asked; `CHEAP_TAPS` are those that cost nothing next to the backbone, which the feature store keeps
 whenever an image is forwarded anyway.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +31,45 @@ TAP_KINDS = ("pooled", "embedding", "patch_scores", "votes", "logits", "patch_to
              "block_norms")
 POOLING_FREE = frozenset({"patch_tokens", "keys", "cls_attn", "block_norms"})
 CHEAP_TAPS = frozenset({"pooled", "embedding", "patch_scores", "votes", "logits"})
+MASKED = "masked_logits"
+_MASKED_RE = re.compile(r"masked_logits@(top|bottom)(0\.[0-9]+)")
+
+
+def masked_tap(side: str, fraction: float) -> str:
+    """The tap name of the masking probe: `masked_logits@top0.25` (a valid store column name)."""
+    if side not in ("top", "bottom") or not 0 < fraction < 1:
+        raise ValueError(f"masked tap: side top|bottom and a fraction in (0, 1), got {side!r} {fraction!r}")
+    text = f"{fraction:.6f}".rstrip("0")
+    return f"{MASKED}@{side}{text}"
+
+
+def parse_masked(tap: str) -> tuple[str, float] | None:
+    """(side, fraction) of a masking-probe tap name, None for any other tap."""
+    m = _MASKED_RE.fullmatch(tap)
+    return (m.group(1), float(m.group(2))) if m else None
+
+
+def drop_count(fraction: float, patches: int) -> int:
+    """Patches the probe drops: fraction x patches rounded half up, at least one."""
+    return max(1, math.floor(fraction * patches + 0.5))
+
+
+def keep_indices(scores: torch.Tensor, side: str, drop: int) -> torch.Tensor:
+    """[B, P - drop] patch indices (ascending) left after dropping the `drop` highest- (`top`) or lowest-
+    (`bottom`) scoring patches of each row of `scores` [B, P]; ties go by patch index (stable sort)."""
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    kept = order[:, drop:] if side == "top" else order[:, : scores.shape[1] - drop]
+    return kept.sort(dim=1).values
+
+
+def dropped_logits(bb, x: torch.Tensor, spec: PoolingSpec, keep: torch.Tensor, dtype: str) -> torch.Tensor | None:
+    """The head's logits when only the patches `keep` [B, K] (and every prefix token) enter the blocks,
+    pooled with `spec` over the kept patches; None for a backbone without a head."""
+    with autocast(x.device, dtype):
+        tokens, _ = traced_tokens(bb, x, keep=keep)
+    p = pool(tokens.float(), bb.num_prefix_tokens, spec)
+    logits = bb.head(p.token)
+    return None if logits is None else logits.float()
 
 
 @dataclass(frozen=True)
@@ -37,7 +80,7 @@ class TapRequest:
     taps: frozenset[str]
 
     def __post_init__(self) -> None:
-        unknown = set(self.taps) - set(TAP_KINDS)
+        unknown = {t for t in self.taps if t not in TAP_KINDS and parse_masked(t) is None}
         if unknown:
             raise ValueError(f"unknown taps {sorted(unknown)}")
 
@@ -48,7 +91,7 @@ class TapRequest:
             for tap in sorted(self.taps - POOLING_FREE):
                 if tap == "votes" and spec.kind != "last":
                     continue
-                if tap == "logits" and model.arch.num_classes is None:
+                if (tap == "logits" or parse_masked(tap)) and model.arch.num_classes is None:
                     continue
                 if tap == "embedding" and model.arch.embed_dim is None:
                     continue
@@ -78,9 +121,16 @@ def forward_taps(model: LoadedModel, x: torch.Tensor, request: TapRequest, dtype
         out["cls_attn"] = internals["cls_attn"][:, :, prefix:].float()
     if "block_norms" in internals:
         out["block_norms"] = internals["block_norms"].float()
+    masked = sorted((t, parse_masked(t)) for t in request.taps if parse_masked(t) is not None)
     for spec in request.poolings:
         p = pool(tokens, prefix, spec)
         name = spec.name
+        for tap, (side, fraction) in masked:
+            n = patches.shape[1]
+            keep = keep_indices(patch_scores(patches, p.token), side, drop_count(fraction, n))
+            logits = dropped_logits(bb, x, spec, keep, dtype)
+            if logits is not None:
+                out[f"{tap}/{name}"] = logits
         if "pooled" in request.taps:
             out[f"pooled/{name}"] = p.token
         if "embedding" in request.taps and model.arch.embed_dim is not None:
