@@ -94,6 +94,14 @@ def outlier_mask(patch_norms: np.ndarray, ratio: float = DEFAULT_RATIO,
     return thr, pn > thr[:, None]
 
 
+def object_patches(boxes, size: tuple[int, int], resize: int, crop: int, patch: int) -> np.ndarray:
+    """bool [P]: patches more than half inside the union of `boxes` (original pixels) after Resize + CenterCrop."""
+    from ..geometry import patch_targets
+
+    w, h = size
+    return patch_targets([tuple(float(v) for v in b) for b in boxes], w, h, resize, crop, patch, "majority", 0.5)
+
+
 def _block_label(j: int) -> str:
     return f"block{j:02d}"
 
@@ -311,7 +319,7 @@ class Artifacts(Evaluator):
         """image id -> bool [P]: patches more than half inside the object (boxes or masks)."""
         from ..data.decode import read_size
         from ..data.masks import mask_to_crop
-        from ..geometry import mask_patch_targets, patch_targets
+        from ..geometry import mask_patch_targets
         from ..localization.coarse_seg import labels_to_crop
 
         if self.annotations is None:
@@ -327,18 +335,15 @@ class Artifacts(Evaluator):
                     labels = labels_to_crop(src.segmentation(i), t.resize, t.crop)
                     out[i] = mask_patch_targets((labels > 0) & (labels < 255), patch, "majority", 0.5)
                     continue
-                w, h = read_size(path_of[i])
-                out[i] = patch_targets([tuple(b) for b in src.annotation(i).boxes()], w, h, t.resize, t.crop, patch,
-                                       "majority", 0.5)
+                out[i] = object_patches(src.annotation(i).boxes(), read_size(path_of[i]), t.resize, t.crop, patch)
             elif kind == "masks":
                 size = read_size(path_of[i])
                 if i in src.annotations([i]):
                     out[i] = mask_patch_targets(mask_to_crop(src.mask(i, size), t.resize, t.crop), patch, "majority",
                                                 0.5)
             elif i in src and src[i].boxes:
-                w, h = read_size(path_of[i])
-                out[i] = patch_targets([b.as_tuple() for b in src[i].boxes], w, h, t.resize, t.crop, patch,
-                                       "majority", 0.5)
+                out[i] = object_patches([b.as_tuple() for b in src[i].boxes], read_size(path_of[i]), t.resize, t.crop,
+                                        patch)
         return out
 
     def evaluate(self, inputs: Inputs) -> Result:
