@@ -15,15 +15,8 @@ from conftest import tiny_vit
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 from tiny_models import _perturb
 
-from lastvit_eval.engine.taps import (
-    TapRequest,
-    drop_count,
-    dropped_logits,
-    forward_taps,
-    keep_indices,
-    masked_tap,
-    parse_masked,
-)
+from lastvit_eval.engine.taps import TapRequest, dropped_logits, forward_taps, keep_indices
+from lastvit_eval.masking import drop_count, masked_tap, parse_masked
 from lastvit_eval.models.dino_vit import TimmBackbone
 from lastvit_eval.models.torchvision_vit import TorchvisionBackbone
 from lastvit_eval.pooling import PoolingSpec

@@ -6,7 +6,7 @@ checkpoint's head), `patch_scores` (cosine of every patch token with the pooled 
 channels that chose each patch) and, pooling-free, `patch_tokens` (fp16), the last block's `keys` (patch
 tokens, heads concatenated, fp16), `cls_attn` (the CLS query's attention over the patches, per head) and
 `block_norms` (every token's norm after every block; see `internals.py`). `masked_logits@top0.25` (the
-masking probe, `masked_tap`): the head's logits after a second forward from which the given fraction of
+masking probe, `masking.py`): the head's logits after a second forward from which the given fraction of
 highest- (`top`) or lowest- (`bottom`) scoring patches was dropped, ranked by that pooling's patch scores.
 The forward emits only what is asked; `CHEAP_TAPS` are those that cost nothing next to the backbone, which the feature store keeps
 whenever an image is forwarded anyway.
@@ -14,14 +14,13 @@ whenever an image is forwarded anyway.
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import InputError
+from ..masking import drop_count, parse_masked
 from ..models.base import LoadedModel
 from ..pooling import PoolingSpec, patch_scores, pool
 from .device import autocast
@@ -31,29 +30,6 @@ TAP_KINDS = ("pooled", "embedding", "patch_scores", "votes", "logits", "patch_to
              "block_norms")
 POOLING_FREE = frozenset({"patch_tokens", "keys", "cls_attn", "block_norms"})
 CHEAP_TAPS = frozenset({"pooled", "embedding", "patch_scores", "votes", "logits"})
-MASKED = "masked_logits"
-_MASKED_RE = re.compile(r"masked_logits@(top|bottom)(0\.[0-9]+)")
-
-
-def masked_tap(side: str, fraction: float) -> str:
-    """The tap name of the masking probe: `masked_logits@top0.25` (a valid store column name)."""
-    if side not in ("top", "bottom") or not 0 < fraction < 1:
-        raise ValueError(f"masked tap: side top|bottom and a fraction in (0, 1), got {side!r} {fraction!r}")
-    text = f"{fraction:.6f}".rstrip("0")
-    return f"{MASKED}@{side}{text}"
-
-
-def parse_masked(tap: str) -> tuple[str, float] | None:
-    """(side, fraction) of a masking-probe tap name, None for any other tap."""
-    m = _MASKED_RE.fullmatch(tap)
-    return (m.group(1), float(m.group(2))) if m else None
-
-
-def drop_count(fraction: float, patches: int) -> int:
-    """Patches the probe drops: fraction x patches rounded half up, at least one."""
-    return max(1, math.floor(fraction * patches + 0.5))
-
-
 def keep_indices(scores: torch.Tensor, side: str, drop: int) -> torch.Tensor:
     """[B, P - drop] patch indices (ascending) left after dropping the `drop` highest- (`top`) or lowest-
     (`bottom`) scoring patches of each row of `scores` [B, P]; ties go by patch index (stable sort)."""

@@ -66,7 +66,7 @@ class ArtifactsOptions:
 
     def probes(self) -> list[tuple[str, float, str]]:
         """(side, fraction, tap name), duplicates removed, fractions as the tap name spells them."""
-        from ..engine.taps import masked_tap, parse_masked
+        from ..masking import masked_tap, parse_masked
 
         out: dict[str, tuple[str, float, str]] = {}
         for side in ("top", "bottom"):
@@ -267,7 +267,7 @@ class Artifacts(Evaluator):
             self.needs = frozenset({"labels"})
 
     def check(self, plan) -> None:
-        from ..engine.taps import drop_count
+        from ..masking import drop_count
 
         if plan.model is None:
             raise InputError("artifacts reads token norms off the transformer blocks: give --checkpoint and images, "
@@ -288,10 +288,11 @@ class Artifacts(Evaluator):
                     if spec.kind == "last" and spec.topk > p - drop:
                         raise InputError(f"--mask-{side} {f:g}: keeps {p - drop} of {p} patches, fewer than the "
                                          f"k={spec.topk} of pooling {spec.name}")
-            if plan.class_map is None:
-                from ..plan import _head_map
+            if plan.class_map is None:  # as classify's: dataset classes -> head outputs, explicit
+                from ..classmap import map_classes
 
-                plan.class_map = _head_map(plan)
+                plan.class_map = map_classes(plan.classes, model.arch.num_classes, model.source,
+                                             plan.request.class_map, plan.declared)
         self.annotations = self._annotations(plan)
 
     def _annotations(self, plan):
@@ -359,7 +360,7 @@ class Artifacts(Evaluator):
             head = plan.class_map.indices[inputs.test.labels]
             masked = {(side, f): inputs.test.get(tap) for side, f, tap in self.probes}
             masking_metrics(result, inputs.test.get("logits"), masked, head, seed=plan.seed)
-            from ..engine.taps import drop_count
+            from ..masking import drop_count
 
             p = self.grid[0] * self.grid[1]
             result.info["masking"] = {
