@@ -154,3 +154,21 @@ def test_masked_taps_only_for_models_with_a_head():
     req = TapRequest((PoolingSpec("cls"),), frozenset({"logits", masked_tap("top", 0.5), "block_norms"}))
     assert req.keys(Model()) == ["block_norms"]
     assert req.keys(_model(None)) == ["block_norms", "logits/cls", "masked_logits@top0.5/cls"]
+
+
+def test_widening_stores_cheap_taps_of_other_poolings_but_runs_the_probe_only_for_those_asked():
+    from lastvit_eval.engine.extract import widened
+
+    m = tiny_vit(seed=15)
+    bb = TorchvisionBackbone(m, has_head=True)
+    model = _model(bb)
+    req = widened(model, TapRequest((PoolingSpec("cls"),), frozenset({"logits", masked_tap("top", 0.25)})))
+    assert {p.name for p in req.poolings} == {"cls", "gap", "last-k1"}
+    assert [k for k in req.keys(model) if k.startswith("masked")] == ["masked_logits@top0.25/cls"]
+    seen = []
+    h = m.encoder.layers[0].register_forward_hook(lambda _m, _a, out: seen.append(out.shape[1]))
+    try:
+        out = forward_taps(model, torch.randn(1, 3, 32, 32), req, "fp32")
+    finally:
+        h.remove()
+    assert seen == [17, 13] and "masked_logits@top0.25/gap" not in out  # one full forward, one masked (cls)

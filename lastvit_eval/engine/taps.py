@@ -54,6 +54,10 @@ class TapRequest:
 
     poolings: tuple[PoolingSpec, ...]
     taps: frozenset[str]
+    probe_poolings: frozenset[str] | None = None  # poolings the masking probe runs for (None: every one)
+
+    def probes_for(self, spec: PoolingSpec) -> bool:
+        return self.probe_poolings is None or spec.name in self.probe_poolings
 
     def __post_init__(self) -> None:
         unknown = {t for t in self.taps if t not in TAP_KINDS and parse_masked(t) is None}
@@ -68,6 +72,8 @@ class TapRequest:
                 if tap == "votes" and spec.kind != "last":
                     continue
                 if (tap == "logits" or parse_masked(tap)) and model.arch.num_classes is None:
+                    continue
+                if parse_masked(tap) and not self.probes_for(spec):
                     continue
                 if tap == "embedding" and model.arch.embed_dim is None:
                     continue
@@ -101,7 +107,7 @@ def forward_taps(model: LoadedModel, x: torch.Tensor, request: TapRequest, dtype
     for spec in request.poolings:
         p = pool(tokens, prefix, spec)
         name = spec.name
-        for tap, (side, fraction) in masked:
+        for tap, (side, fraction) in masked if request.probes_for(spec) else ():
             n = patches.shape[1]
             keep = keep_indices(patch_scores(patches, p.token), side, drop_count(fraction, n))
             logits = dropped_logits(bb, x, spec, keep, dtype)
