@@ -8,8 +8,8 @@ tokens, heads concatenated, fp16), `cls_attn` (the CLS query's attention over th
 `block_norms` (every token's norm after every block; see `internals.py`). `masked_logits@top0.25` (the
 masking probe, `masking.py`): the head's logits after a second forward from which the given fraction of
 highest- (`top`) or lowest- (`bottom`) scoring patches was dropped, ranked by that pooling's patch scores.
-The forward emits only what is asked; `CHEAP_TAPS` are those that cost nothing next to the backbone, which the feature store keeps
-whenever an image is forwarded anyway.
+The forward emits only what is asked; `CHEAP_TAPS` are those that cost nothing next to the backbone, which
+the feature store keeps whenever an image is forwarded anyway.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ TAP_KINDS = ("pooled", "embedding", "patch_scores", "votes", "logits", "patch_to
              "block_norms")
 POOLING_FREE = frozenset({"patch_tokens", "keys", "cls_attn", "block_norms"})
 CHEAP_TAPS = frozenset({"pooled", "embedding", "patch_scores", "votes", "logits"})
+
+
 def keep_indices(scores: torch.Tensor, side: str, drop: int) -> torch.Tensor:
     """[B, P - drop] patch indices (ascending) left after dropping the `drop` highest- (`top`) or lowest-
     (`bottom`) scoring patches of each row of `scores` [B, P]; ties go by patch index (stable sort)."""
