@@ -125,3 +125,36 @@ def test_voc_segmentation_masks_give_the_object_area(devkit, ckpt, tmp_path):  #
         assert abs(rows.loc[image_id, "object_area"] - 100 * inside.mean()) < 1e-9
     rec = json.loads((out / "cls" / "metrics.json").read_text())
     assert rec["info"]["artifacts"]["annotations"] == "voc"
+
+
+def test_npy_masks_give_the_object_area(imagenet_root, detectron2_ckpt, tmp_path):
+    """--masks <folder of .npy>: the object is the mask (torchvision NEAREST_EXACT resize + crop, counted here);
+    an image without a mask has no object columns."""
+    import numpy as np
+    from conftest import IMAGES
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    from lastvit_eval.models import load_model
+
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    made = {}
+    for image_id, _, (w, h), _ in IMAGES[:5]:
+        m = np.zeros((h, w), dtype=bool)
+        m[h // 4: h // 4 + h // 2, w // 3: w - 2] = True
+        np.save(folder / f"{image_id}.npy", m)
+        made[image_id] = m
+    out = tmp_path / "m"
+    _ok(runner.invoke(app, ["artifacts", "-c", str(detectron2_ckpt), "-r", str(imagenet_root), "-o", str(out),
+                            "--masks", str(folder), "-p", "cls", "--workers", "0", "--no-progress"]))
+    t = load_model(str(detectron2_ckpt)).transform
+    rows = pd.read_csv(out / "cls" / "artifacts_rows.csv").set_index("image_id")
+    g = t.crop // 8
+    for image_id, m in made.items():
+        c = TF.resize(torch.from_numpy(m.astype(np.uint8))[None], [t.resize],
+                      interpolation=InterpolationMode.NEAREST_EXACT)
+        c = TF.center_crop(c, [t.crop])[0].numpy().astype(bool)
+        inside = c.reshape(g, 8, g, 8).mean(axis=(1, 3)) > 0.5
+        assert abs(rows.loc[image_id, "object_area"] - 100 * inside.mean()) < 1e-9
+    assert rows["object_area"].isna().sum() == len(IMAGES) - 5

@@ -305,7 +305,9 @@ class Artifacts(Evaluator):
         if req.masks is not None:
             from ..data.masks import MaskSource
 
-            return "masks", MaskSource(req.masks)
+            src = MaskSource(req.masks)
+            self.mask_ids = set(src.annotations(plan.test.ids))  # reads each mask once: a bad one fails here
+            return "masks", src
         path = req.boxes
         if path is None and plan.root is not None:
             try:
@@ -338,10 +340,9 @@ class Artifacts(Evaluator):
                     continue
                 out[i] = object_patches(src.annotation(i).boxes(), read_size(path_of[i]), t.resize, t.crop, patch)
             elif kind == "masks":
-                size = read_size(path_of[i])
-                if i in src.annotations([i]):
-                    out[i] = mask_patch_targets(mask_to_crop(src.mask(i, size), t.resize, t.crop), patch, "majority",
-                                                0.5)
+                if i in self.mask_ids:
+                    out[i] = mask_patch_targets(mask_to_crop(src.mask(i, read_size(path_of[i])), t.resize, t.crop),
+                                                patch, "majority", 0.5)
             elif i in src and src[i].boxes:
                 out[i] = object_patches([b.as_tuple() for b in src[i].boxes], read_size(path_of[i]), t.resize, t.crop,
                                         patch)
