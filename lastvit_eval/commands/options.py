@@ -150,3 +150,16 @@ Threshold = Annotated[list[str] | None, _opt("--threshold", help="coarse-seg: me
                                              "(repeatable; each reported).", panel=LOC)]
 Evaluators = Annotated[str, _opt("--evaluators", "-e", help="Comma-separated evaluator names (see `lastvit-eval "
                                  "evaluators`).", panel=OUTPUT)]
+
+ART = "Artifacts"
+NormThreshold = Annotated[float | None, _opt("--norm-threshold", help="artifacts: outlier = patch norm above this "
+                                             "absolute value (default: relative, see --norm-ratio).", panel=ART)]
+NormRatio = Annotated[float | None, _opt("--norm-ratio", help="artifacts: outlier = patch norm above this many times "
+                                         "the image's median patch norm (default 3).", panel=ART)]
+Blocks = Annotated[bool, _opt("--blocks", help="artifacts: norms and outliers after every block, not only the last.",
+                              panel=ART)]
+MaskTop = Annotated[list[float] | None, _opt("--mask-top", help="artifacts: drop this fraction of the highest-scoring "
+                                             "patches and re-run the forward (repeatable).", panel=ART)]
+MaskBottom = Annotated[list[float] | None, _opt("--mask-bottom", help="artifacts: drop this fraction of the "
+                                                "lowest-scoring patches and re-run the forward (repeatable).",
+                                                panel=ART)]

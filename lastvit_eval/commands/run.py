@@ -1,4 +1,5 @@
-"""`lastvit-eval run -e a,b` and its thin aliases: `patch-hit`, `knn`, `linear-probe`, `classify`, `zero-shot`.
+"""`lastvit-eval run -e a,b` and its thin aliases: `patch-hit`, `knn`, `linear-probe`, `classify`, `zero-shot`,
+`artifacts`, ...
 
 Every alias is `run -e NAME` with the options that evaluator uses; all go through `run_command`:
 parse -> RunRequest -> build_plan (every check, no forward) -> --dry-run or execute -> console summary.
@@ -251,6 +252,8 @@ def run(
     ks: o.Ks = "10,20,100,200", temperature: o.Temperature = 0.07,
     weight_decays: o.WeightDecays = None, solver: o.Solver = "lbfgs", holdout_fraction: o.HoldoutFraction = 0.1,
     probe_precision: o.ProbePrecision = "bf16", lrs: o.Lrs = None,
+    norm_threshold: o.NormThreshold = None, norm_ratio: o.NormRatio = None, blocks: o.Blocks = False,
+    mask_top: o.MaskTop = None, mask_bottom: o.MaskBottom = None,
     device: o.Device = "auto", dtype: o.Dtype = "fp32", batch_size: o.BatchSize = 64, workers: o.Workers = None,
     on_bad_image: o.OnBadImage = "skip", channels_last: o.ChannelsLast = False, compile: o.Compile = False,
     decode: o.Decode = "cpu", barrier_timeout: o.BarrierTimeout = 1800.0,
@@ -402,6 +405,29 @@ def coarse_seg(
 ) -> None:
     """Coarse segmentation on VOC masks: fg/bg IoU of thresholded patch scores (cosine to the pooled token)."""
     run_command(["coarse-seg"], locals())
+
+
+@app.command("artifacts")
+def artifacts(
+    checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
+    num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
+    quick_gelu: o.QuickGelu = None,
+    pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
+    imagenet_root: o.Root = None, split: o.Split = "val", test: o.Test = None, limit: o.Limit = None,
+    seed: o.Seed = 0, class_map: o.ClassMap = None, boxes: o.Boxes = None, masks: o.Masks = None,
+    on_bad_annotation: o.OnBadAnnotation = "fail",
+    voc_root: o.VocRoot = None, year: o.Year = "2012", image_set: o.ImageSet = None,
+    norm_threshold: o.NormThreshold = None, norm_ratio: o.NormRatio = None, blocks: o.Blocks = False,
+    mask_top: o.MaskTop = None, mask_bottom: o.MaskBottom = None,
+    device: o.Device = "auto", dtype: o.Dtype = "fp32", batch_size: o.BatchSize = 64, workers: o.Workers = None,
+    on_bad_image: o.OnBadImage = "skip", channels_last: o.ChannelsLast = False, compile: o.Compile = False,
+    decode: o.Decode = "cpu", barrier_timeout: o.BarrierTimeout = 1800.0,
+    cache_dir: o.CacheDir = None, no_cache: o.NoCache = False, shard_size: o.ShardSize = 1024,
+    output_dir: o.OutputDir = None, run_name: o.RunName = None, overwrite: o.Overwrite = False,
+    dry_run: o.DryRun = False, json: o.Json = False, no_progress: o.NoProgress = False,
+) -> None:
+    """High-norm artifact tokens per image (norms, outliers, where they sit) and the patch-masking probe."""
+    run_command(["artifacts"], locals())
 
 
 @app.command("evaluators")

@@ -55,7 +55,8 @@ def widened(model: LoadedModel, request: TapRequest) -> TapRequest:
         if p.kind == "cls" and model.backbone.num_prefix_tokens < 1:
             continue
         poolings.setdefault(p.name, p)
-    return TapRequest(tuple(poolings.values()), frozenset(request.taps | CHEAP_TAPS))
+    return TapRequest(tuple(poolings.values()), frozenset(request.taps | CHEAP_TAPS),
+                      probe_poolings=frozenset(p.name for p in request.poolings))  # extra forwards: asked-for only
 
 
 def open_space(model: LoadedModel, engine: EngineSpec, store: StoreSpec) -> FeatureSpace:

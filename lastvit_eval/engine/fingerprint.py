@@ -14,8 +14,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent
 # Relative to the package: every file whose code changes what a tap holds.
-SHAPING = ("models", "pooling.py", "data/transform.py", "data/decode.py", "engine/dataset.py",
-           "engine/taps.py", "engine/gpu_decode.py", "engine/device.py")
+SHAPING = ("models", "pooling.py", "masking.py", "data/transform.py", "data/decode.py", "engine/dataset.py",
+           "engine/taps.py", "engine/internals.py", "engine/gpu_decode.py", "engine/device.py")
 LIBRARIES = ("torch", "torchvision", "timm", "open_clip_torch", "pillow", "numpy", "safetensors")
 
 

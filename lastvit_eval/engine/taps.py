@@ -5,9 +5,11 @@ Taps (keys `<tap>/<pooling name>`, or the bare tap for pooling-free ones):
 checkpoint's head), `patch_scores` (cosine of every patch token with the pooled token), `votes` (LAST:
 channels that chose each patch) and, pooling-free, `patch_tokens` (fp16), the last block's `keys` (patch
 tokens, heads concatenated, fp16), `cls_attn` (the CLS query's attention over the patches, per head) and
-`block_norms` (every token's norm after every block; see `internals.py`). The forward emits only what
-is asked; `CHEAP_TAPS` are those that cost nothing next to the backbone, which the feature store keeps
-whenever an image is forwarded anyway.
+`block_norms` (every token's norm after every block; see `internals.py`). `masked_logits@top0.25` (the
+masking probe, `masking.py`): the head's logits after a second forward from which the given fraction of
+highest- (`top`) or lowest- (`bottom`) scoring patches was dropped, ranked by that pooling's patch scores.
+The forward emits only what is asked; `CHEAP_TAPS` are those that cost nothing next to the backbone, which
+the feature store keeps whenever an image is forwarded anyway.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
+from ..masking import drop_count, parse_masked
 from ..models.base import LoadedModel
 from ..pooling import PoolingSpec, patch_scores, pool
 from .device import autocast
@@ -29,15 +32,37 @@ POOLING_FREE = frozenset({"patch_tokens", "keys", "cls_attn", "block_norms"})
 CHEAP_TAPS = frozenset({"pooled", "embedding", "patch_scores", "votes", "logits"})
 
 
+def keep_indices(scores: torch.Tensor, side: str, drop: int) -> torch.Tensor:
+    """[B, P - drop] patch indices (ascending) left after dropping the `drop` highest- (`top`) or lowest-
+    (`bottom`) scoring patches of each row of `scores` [B, P]; ties go by patch index (stable sort)."""
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    kept = order[:, drop:] if side == "top" else order[:, : scores.shape[1] - drop]
+    return kept.sort(dim=1).values
+
+
+def dropped_logits(bb, x: torch.Tensor, spec: PoolingSpec, keep: torch.Tensor, dtype: str) -> torch.Tensor | None:
+    """The head's logits when only the patches `keep` [B, K] (and every prefix token) enter the blocks,
+    pooled with `spec` over the kept patches; None for a backbone without a head."""
+    with autocast(x.device, dtype):
+        tokens, _ = traced_tokens(bb, x, keep=keep)
+    p = pool(tokens.float(), bb.num_prefix_tokens, spec)
+    logits = bb.head(p.token)
+    return None if logits is None else logits.float()
+
+
 @dataclass(frozen=True)
 class TapRequest:
     """Which arrays to keep from the forward pass."""
 
     poolings: tuple[PoolingSpec, ...]
     taps: frozenset[str]
+    probe_poolings: frozenset[str] | None = None  # poolings the masking probe runs for (None: every one)
+
+    def probes_for(self, spec: PoolingSpec) -> bool:
+        return self.probe_poolings is None or spec.name in self.probe_poolings
 
     def __post_init__(self) -> None:
-        unknown = set(self.taps) - set(TAP_KINDS)
+        unknown = {t for t in self.taps if t not in TAP_KINDS and parse_masked(t) is None}
         if unknown:
             raise ValueError(f"unknown taps {sorted(unknown)}")
 
@@ -48,7 +73,9 @@ class TapRequest:
             for tap in sorted(self.taps - POOLING_FREE):
                 if tap == "votes" and spec.kind != "last":
                     continue
-                if tap == "logits" and model.arch.num_classes is None:
+                if (tap == "logits" or parse_masked(tap)) and model.arch.num_classes is None:
+                    continue
+                if parse_masked(tap) and not self.probes_for(spec):
                     continue
                 if tap == "embedding" and model.arch.embed_dim is None:
                     continue
@@ -78,9 +105,16 @@ def forward_taps(model: LoadedModel, x: torch.Tensor, request: TapRequest, dtype
         out["cls_attn"] = internals["cls_attn"][:, :, prefix:].float()
     if "block_norms" in internals:
         out["block_norms"] = internals["block_norms"].float()
+    masked = sorted((t, parse_masked(t)) for t in request.taps if parse_masked(t) is not None)
     for spec in request.poolings:
         p = pool(tokens, prefix, spec, bb.map_pool)
         name = spec.name
+        for tap, (side, fraction) in masked if request.probes_for(spec) else ():
+            n = patches.shape[1]
+            keep = keep_indices(patch_scores(patches, p.token), side, drop_count(fraction, n))
+            logits = dropped_logits(bb, x, spec, keep, dtype)
+            if logits is not None:
+                out[f"{tap}/{name}"] = logits
         if "pooled" in request.taps:
             out[f"pooled/{name}"] = p.token
         if "embedding" in request.taps and model.arch.embed_dim is not None:
