@@ -262,6 +262,11 @@ def _resolution(evaluators, model: LoadedModel, engine: EngineSpec) -> LoadedMod
                          f"{', '.join(e.name for e in evaluators if e.name not in full)}")
     if engine.decode == "gpu":
         raise InputError(f"{full[0]} --resolution full: --decode gpu resizes and crops; use --decode cpu")
+    from .engine import distributed
+
+    if distributed.current().world > 1:
+        raise InputError(f"{full[0]} --resolution full: ragged per-image taps are not exchanged between "
+                         "torch.distributed ranks; run it on one process")
     from .engine.full_res import full_resolution
 
     return full_resolution(model)

@@ -95,9 +95,9 @@ class CorLoc(Evaluator):
             self.gt = {i: plan.coco[i].boxes for i in plan.test.ids}
         self.sizes = {i: read_size(p) for i, p in zip(plan.test.ids, plan.test.paths, strict=True)}
         if plan.coco is not None:
-            for i in plan.test.ids:
+            for i, path in zip(plan.test.ids, plan.test.paths, strict=True):
                 if tuple(plan.coco[i].size) != tuple(self.sizes[i]):
-                    raise InputError(f"{plan.test.paths[plan.test.ids.index(i)]}: image is {self.sizes[i][0]}x"
+                    raise InputError(f"{path}: image is {self.sizes[i][0]}x"
                                      f"{self.sizes[i][1]} but {plan.request.coco_annotations} says "
                                      f"{plan.coco[i].size[0]}x{plan.coco[i].size[1]}")
         t, arch = plan.model.transform, plan.model.arch
