@@ -10,7 +10,7 @@ pooling, the last block's keys / CLS attention), measured by wrapping it; "outsi
 `execute`: JPEG decode, normalise + pad, the box per image (LOST / DINO-seg / vote map), CorLoc, writing
 results. Rounds interleave the methods; cells give min / median / max. Writes results/bench_corloc.md.
 
-    python benchmarks/bench_corloc.py [--images 500] [--rounds 3] [--threads 1]
+    python benchmarks/bench_corloc.py [--images 500] [--rounds 1] [--threads 1]
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def run_once(ckpt: Path, root: Path, out: Path, method: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=500)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1)  # ~6 min at load 9 on 2 cores; results: --rounds 2
     ap.add_argument("--threads", type=int, default=1)  # a shared 2-core VM: 2 threads wait on each other
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "bench_corloc.md")
     args = ap.parse_args()

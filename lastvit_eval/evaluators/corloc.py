@@ -117,6 +117,10 @@ class CorLoc(Evaluator):
 
         o, grid = self.options, self._grid(image_id)
         value = np.asarray(value)
+        patches = value.shape[0] if o.method == "lost" else value.shape[-1]
+        if patches != grid[0] * grid[1]:
+            raise InputError(f"{image_id}: {patches} patch features for a {grid[0]}x{grid[1]} grid (image "
+                             f"{self.sizes[image_id][0]}x{self.sizes[image_id][1]}, patch {self.patch})")
         if o.method == "last-votes":
             found = vote_map_box(value, grid, n_std=o.vote_std, threshold=o.vote_threshold)
             patch_box = None if found is None else found.box
