@@ -42,6 +42,9 @@ class RunRequest:
     voc_root: Path | None = None  # a PASCAL VOC devkit instead of an ImageNet-style root
     year: str = "2012"
     image_set: str | None = None  # default: trainval (Main) for boxes, val (Segmentation) for masks
+    coco_root: Path | None = None  # folder holding the COCO images named by the annotations' file_name
+    coco_annotations: Path | None = None  # COCO instances json (pycocotools)
+    image_list: Path | None = None  # COCO subset: LOST's COCO20k file-name list (or integer ids)
     train: Path | None = None
     test: Path | None = None
     boxes: Path | None = None
@@ -102,6 +105,7 @@ class Plan:
     output: Path
     declared: dict[str, int] | None = None
     voc: object | None = None  # data.voc.VOCDataset when the test split is a VOC image set
+    coco: dict | None = None  # image id (str) -> data.coco_subset.COCOImage when the test split is COCO
     class_map: ClassMap | None = None
     text: TextClassifier | None = None
     selections: dict[str, np.ndarray] = field(default_factory=dict)  # evaluator -> test positions
@@ -223,6 +227,51 @@ def _voc_split(req: RunRequest, needs: set[str]):
     return Split("test", ids, [None] * len(ids), source, paths=paths), voc
 
 
+def _coco_split(req: RunRequest) -> tuple[Split, dict]:
+    """A COCO (sub)set as the test split: the listed ids (all when no --image-list) with LOST's boxes; every
+    image file must exist under --coco-root (checked here, before any forward)."""
+    from .data.coco_subset import load_coco_subset, read_image_list
+
+    if req.coco_annotations is None or req.coco_root is None:
+        raise InputError("COCO object discovery needs both --coco-root (the image folder) and --coco-annotations")
+    root = Path(req.coco_root)
+    if not root.is_dir():
+        raise InputError(f"{root}: COCO image folder does not exist")
+    ids = read_image_list(req.image_list) if req.image_list is not None else None
+    images = load_coco_subset(req.coco_annotations, ids)
+    split_ids, paths = [], []
+    for image_id, img in images.items():
+        path = root / img.file_name
+        if not img.file_name or not path.is_file():
+            raise InputError(f"{path}: image {image_id} of {req.coco_annotations} not found under --coco-root")
+        split_ids.append(str(image_id))
+        paths.append(path)
+    source = f"{req.coco_annotations}" + (f" ({req.image_list})" if req.image_list is not None else "")
+    coco = {str(k): v for k, v in images.items()}
+    return Split("test", split_ids, [None] * len(split_ids), source, paths=paths), coco
+
+
+def _resolution(evaluators, model: LoadedModel, engine: EngineSpec) -> LoadedModel:
+    """An evaluator asking for full-resolution inputs (`input_resolution = "full"`, LOST's protocol) gets a model
+    whose transform is `full-padded`; alone in its run, since every evaluator of a run shares one forward."""
+    full = [e.name for e in evaluators if getattr(e, "input_resolution", "model") == "full"]
+    if not full:
+        return model
+    if len(evaluators) > 1:
+        raise InputError(f"{full[0]} --resolution full feeds whole images; run it alone, not with "
+                         f"{', '.join(e.name for e in evaluators if e.name not in full)}")
+    if engine.decode == "gpu":
+        raise InputError(f"{full[0]} --resolution full: --decode gpu resizes and crops; use --decode cpu")
+    from .engine import distributed
+
+    if distributed.current().world > 1:
+        raise InputError(f"{full[0]} --resolution full: ragged per-image taps are not exchanged between "
+                         "torch.distributed ranks; run it on one process")
+    from .engine.full_res import full_resolution
+
+    return full_resolution(model)
+
+
 def _file_split(path: Path, role: str) -> Split:
     from .features_io import load_features
 
@@ -336,8 +385,14 @@ def build_plan(req: RunRequest) -> Plan:
         if req.root is not None and not Path(req.root).is_dir():
             raise InputError(f"{req.root}: dataset root is not a folder" if Path(req.root).exists()
                              else f"{req.root}: dataset root does not exist")
-        voc = None
-        if req.voc_root is not None:
+        voc = coco = None
+        if req.coco_annotations is not None or req.coco_root is not None or req.image_list is not None:
+            if req.voc_root is not None or wants_train or "labels" in needs:
+                raise InputError("--coco-root / --coco-annotations / --image-list serve object discovery (corloc), "
+                                 "without --voc-root")
+            test, coco = _coco_split(req)
+            train = None
+        elif req.voc_root is not None:
             if wants_train or "labels" in needs:
                 raise InputError("--voc-root serves object discovery and segmentation evaluators; the others "
                                  "take --imagenet-root / --test / --train")
@@ -348,7 +403,7 @@ def build_plan(req: RunRequest) -> Plan:
             train = _images_split(req, "train", True) if wants_train else None
         from .models import load_model
 
-        model = load_model(req.checkpoint, req.load)
+        model = _resolution(evaluators, load_model(req.checkpoint, req.load), req.engine)
 
     classes = _class_list(train.names if train is not None else test.names)
     if train is not None:
@@ -363,7 +418,7 @@ def build_plan(req: RunRequest) -> Plan:
         declared = (test.features.meta.get("dataset", {}) or {}).get("declared_labels") or None
     plan = Plan(request=req, evaluators=evaluators, model=model, poolings=poolings, pooling_default=default,
                 test=test, train=train, classes=classes, output=Path("."), declared=declared,
-                voc=None if features_mode else voc)
+                voc=None if features_mode else voc, coco=None if features_mode else coco)
     plan.output = _run_dir(req, plan.model_name())
     _check_output_path(plan.output)
 
@@ -451,6 +506,10 @@ def _stored(plan: Plan, role: str, split: Split, positions: np.ndarray) -> dict:
         return {"stored": int(len(positions)), "to_forward": 0, "features_file": split.source}
     if not plan.request.store.enabled:
         return {"stored": 0, "to_forward": int(len(positions))}
+    from .engine.full_res import uses_store
+
+    if not uses_store(plan.model):
+        return {"stored": 0, "to_forward": int(len(positions)), "store": "not used at --resolution full (ragged taps)"}
     counts = stored_counts(plan.model, [split.paths[i] for i in positions], TapRequest(plan.poolings, plan.taps(role)),
                            plan.engine, plan.request.store)
     return {"stored": counts["stored"], "to_forward": counts["to_forward"], "space": counts["space"]}

@@ -141,7 +141,20 @@ ProbePrecision = Annotated[str, _opt("--probe-precision", help="bf16: bf16 passe
 Lrs = Annotated[str | None, _opt("--lrs", help="adam: comma-separated learning rates (default 2e-3).",
                                  panel=PROBE)]
 LOC = "Object discovery / segmentation"
-Method = Annotated[str, _opt("--method", help="corloc: last-votes (the paper's vote-map box).", panel=LOC)]
+Method = Annotated[str, _opt("--method", help="corloc: last-votes (the paper's vote-map box), lost (LOST on the "
+                             "last block's keys) or dino-seg (CLS attention mass, LOST's baseline).", panel=LOC)]
+Resolution = Annotated[str | None, _opt("--resolution", help="corloc: full (LOST's: whole image padded to the patch, "
+                                        "batch 1, DINO/timm ViTs; default for lost, dino-seg) or model (the "
+                                        "model's resize + crop; default for last-votes).", panel=LOC)]
+KPatches = Annotated[int, _opt("--k-patches", help="corloc lost: lowest-degree patches for the seed expansion.",
+                               panel=LOC)]
+DinosegHead = Annotated[int, _opt("--dinoseg-head", help="corloc dino-seg: the attention head (LOST: 4).", panel=LOC)]
+CocoRoot = Annotated[Path | None, _opt("--coco-root", help="corloc: folder of the COCO images (e.g. train2014/), "
+                                       "named by the annotations' file_name.", panel=DATA)]
+CocoAnnotations = Annotated[Path | None, _opt("--coco-annotations", help="corloc: COCO instances json (e.g. "
+                                              "instances_train2014.json).", panel=DATA)]
+ImageList = Annotated[Path | None, _opt("--image-list", help="corloc: COCO subset, one file name or id per line "
+                                        "(LOST's coco_20k_filenames.txt for COCO20k).", panel=DATA)]
 VoteStd = Annotated[float, _opt("--vote-std", help="corloc: foreground where votes > mean + this many standard "
                                 "deviations.", panel=LOC)]
 VoteThreshold = Annotated[float | None, _opt("--vote-threshold", help="corloc: an absolute vote count instead.",

@@ -177,6 +177,7 @@ def run_command(evaluators: list[str], kw: dict) -> None:
         poolings=poolings_from(get_("pooling"), get_("topk"), get_("sigma"), get_("score_formula")),
         root=get_("imagenet_root"), split=get_("split") or "val", train=get_("train"), test=get_("test"),
         voc_root=get_("voc_root"), year=str(get_("year") or "2012"), image_set=get_("image_set"),
+        coco_root=get_("coco_root"), coco_annotations=get_("coco_annotations"), image_list=get_("image_list"),
         boxes=get_("boxes"), masks=get_("masks"), train_per_class=get_("train_per_class"), limit=get_("limit"),
         seed=get_("seed") or 0, train_features=get_("train_features"), test_features=get_("test_features"),
         class_map=get_("class_map"), classnames=get_("classnames"), templates=get_("templates"),
@@ -245,9 +246,11 @@ def run(
     boxes: o.Boxes = None, masks: o.Masks = None, on_bad_annotation: o.OnBadAnnotation = "fail",
     classnames: o.Classnames = None, templates: o.Templates = None,
     voc_root: o.VocRoot = None, year: o.Year = "2012", image_set: o.ImageSet = None,
+    coco_root: o.CocoRoot = None, coco_annotations: o.CocoAnnotations = None, image_list: o.ImageList = None,
     hit_rule: o.HitRule = None, fg_fraction: o.FgFraction = 0.5, single_object: o.SingleObject = True,
     max_box_area: o.MaxBoxArea = 0.25,
     method: o.Method = "last-votes", vote_std: o.VoteStd = 1.0, vote_threshold: o.VoteThreshold = None,
+    resolution: o.Resolution = None, k_patches: o.KPatches = 100, dinoseg_head: o.DinosegHead = 4,
     threshold: o.Threshold = None,
     ks: o.Ks = "10,20,100,200", temperature: o.Temperature = 0.07,
     weight_decays: o.WeightDecays = None, solver: o.Solver = "lbfgs", holdout_fraction: o.HoldoutFraction = 0.1,
@@ -376,7 +379,9 @@ def corloc(
     pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
     voc_root: o.VocRoot = None, year: o.Year = "2012", image_set: o.ImageSet = None, limit: o.Limit = None,
     seed: o.Seed = 0,
+    coco_root: o.CocoRoot = None, coco_annotations: o.CocoAnnotations = None, image_list: o.ImageList = None,
     method: o.Method = "last-votes", vote_std: o.VoteStd = 1.0, vote_threshold: o.VoteThreshold = None,
+    resolution: o.Resolution = None, k_patches: o.KPatches = 100, dinoseg_head: o.DinosegHead = 4,
     device: o.Device = "auto", dtype: o.Dtype = "fp32", batch_size: o.BatchSize = 64, workers: o.Workers = None,
     on_bad_image: o.OnBadImage = "skip", channels_last: o.ChannelsLast = False, compile: o.Compile = False,
     decode: o.Decode = "cpu", barrier_timeout: o.BarrierTimeout = 1800.0,
@@ -384,7 +389,7 @@ def corloc(
     output_dir: o.OutputDir = None, run_name: o.RunName = None, overwrite: o.Overwrite = False,
     dry_run: o.DryRun = False, json: o.Json = False, no_progress: o.NoProgress = False,
 ) -> None:
-    """Object discovery on a VOC devkit: CorLoc of the LAST vote-map box (one box per image, IoU >= 0.5)."""
+    """Object discovery on VOC or COCO: CorLoc of one box per image (LAST votes, LOST or DINO-seg; IoU >= 0.5)."""
     run_command(["corloc"], locals())
 
 

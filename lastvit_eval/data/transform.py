@@ -33,14 +33,23 @@ class TransformSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     backend: str = "pil"
+    # "resize-crop" (the above), or "full-padded": the whole image at its own size, zero-padded after
+    # normalisation at the bottom/right to a multiple of `pad_multiple` (LOST's object-discovery protocol)
+    kind: str = "resize-crop"
+    pad_multiple: int = 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.kind == "resize-crop":  # recorded only when set: feature-store keys of resize-crop runs unchanged
+            d.pop("kind"), d.pop("pad_multiple")
+        return d
 
     def pixels(self, img: Image.Image) -> torch.Tensor:
         """PIL RGB image -> uint8 tensor [3, crop, crop]; float conversion happens on the device."""
         from torchvision.transforms.v2 import functional as TF
 
+        if self.kind == "full-padded":
+            return TF.pil_to_tensor(img)
         img = TF.resize(img, [self.resize], interpolation=interpolation(self.interpolation), antialias=True)
         img = TF.center_crop(img, [self.crop])
         return TF.pil_to_tensor(img)
@@ -50,7 +59,18 @@ class TransformSpec:
         x = batch_uint8.float().div_(255.0)
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        return x.sub_(mean).div_(std)
+        x = x.sub_(mean).div_(std)
+        if self.kind == "full-padded":
+            m = self.pad_multiple
+            x = torch.nn.functional.pad(x, (0, -x.shape[-1] % m, 0, -x.shape[-2] % m))  # zeros = the mean colour
+        return x
+
+
+def full_padded(spec: TransformSpec, patch: int) -> TransformSpec:
+    """`spec`'s normalisation on the whole image, padded to a multiple of the patch (no resize, no crop)."""
+    from dataclasses import replace
+
+    return replace(spec, resize=0, crop=0, interpolation="none", kind="full-padded", pad_multiple=patch)
 
 
 def torchvision_vit(image_size: int = 224) -> TransformSpec:

@@ -22,6 +22,7 @@ from ..models.base import LoadedModel
 from ..pooling import PoolingSpec
 from . import distributed
 from .device import EngineSpec, resolve_device
+from .full_res import stack_rows, uses_store
 from .hashing import content_hashes
 from .progress import console
 from .runner import BatchRunner, ForwardFn, default_workers  # noqa: F401  (default_workers: re-exported)
@@ -91,7 +92,7 @@ def extract(
     t0 = time.perf_counter()
     paths = [Path(p) for p in paths]
     d = distributed.current()
-    use_store = store is not None and store.enabled
+    use_store = store is not None and store.enabled and uses_store(model)  # full resolution: ragged, not stored
     if not use_store and d.world > 1:
         from ..errors import InputError
 
@@ -180,7 +181,7 @@ def _assemble(ok: np.ndarray, keys: list[str], space: FeatureSpace | None, hashe
     lost: set[int] = set()
     for k in keys:
         if space is None:
-            arrays[k] = np.stack([memory[int(i)][k] for i in ok]) if len(ok) else np.zeros((0,), np.float32)
+            arrays[k] = stack_rows([memory[int(i)][k] for i in ok]) if len(ok) else np.zeros((0,), np.float32)
             continue
         if not len(ok):
             arrays[k] = np.zeros((0,), np.float32)

@@ -23,6 +23,7 @@ from ..errors import InputError
 from ..models.base import LoadedModel
 from .dataset import EncodedDataset, ImageDataset, collate, collate_encoded
 from .device import EngineSpec, resolve_device
+from .full_res import is_full_res, stack_rows
 from .progress import console, image_progress
 from .taps import check_finite, forward_taps
 
@@ -156,7 +157,7 @@ class BatchRunner:
         if not any(chunks):
             return
         self.setup()
-        bs = self.engine.batch_size
+        bs = 1 if is_full_res(self.model) else self.engine.batch_size  # full resolution: one size per image
         batches = [(c, members[b:b + bs]) for c, members in enumerate(chunks) for b in range(0, len(members), bs)]
         total = sum(len(c) for c in chunks)
         if self.engine.decode == "gpu" and "gpu_decode_parity" not in self.info:
@@ -202,5 +203,8 @@ class BatchRunner:
 
 def _chunk(acc: dict) -> Chunk:
     index = np.concatenate(acc["idx"]).astype(np.int64) if acc["idx"] else np.zeros(0, dtype=np.int64)
+    if acc["out"] and any(len(set(o[k].shape[1:] for o in acc["out"])) > 1 for k in acc["out"][0]):
+        arrays = {k: stack_rows([r for o in acc["out"] for r in o[k]]) for k in acc["out"][0]}  # full resolution
+        return Chunk(index=index, arrays=arrays, bad=sorted(acc["bad"]))
     arrays = {k: torch.cat([o[k] for o in acc["out"]]).numpy() for k in acc["out"][0]} if acc["out"] else {}
     return Chunk(index=index, arrays=arrays, bad=sorted(acc["bad"]))
