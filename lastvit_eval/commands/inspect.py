@@ -107,12 +107,26 @@ def _heads(a: ArchSpec) -> str:
     return f"{a.heads}{where}"
 
 
+def _size(a: ArchSpec) -> str:
+    native = getattr(a, "native_image_size", None)
+    return f"{a.image_size}px" + (f" (position embeddings trained at {native}px, interpolated)" if native else "")
+
+
+def _prefix(a: ArchSpec) -> str:
+    """CLS, registers and other prefix tokens (DeiT's distillation token): pooling skips all of them."""
+    regs = getattr(a, "num_registers", 0)
+    other = a.num_prefix_tokens - 1 - regs
+    parts = (["CLS"] if a.num_prefix_tokens else []) + ([f"{regs} registers"] if regs else []) + (
+        [f"{other} other (e.g. distillation)"] if other > 0 else [])
+    return f"{a.num_prefix_tokens} ({' + '.join(parts)})" if len(parts) > 1 else str(a.num_prefix_tokens)
+
+
 def _key_rows(info: dict, a: ArchSpec | None) -> list[tuple[str, str]]:
     rows = []
     if a is not None:
         rows += [("family", a.family),
-                 ("architecture", f"{a.name}: {a.image_size}px, patch {a.patch_size}, width {a.width}, depth "
-                                  f"{a.depth}, heads {_heads(a)}, mlp {a.mlp_dim}, prefix tokens {a.num_prefix_tokens}")]
+                 ("architecture", f"{a.name}: {_size(a)}, patch {a.patch_size}, width {a.width}, depth "
+                                  f"{a.depth}, heads {_heads(a)}, mlp {a.mlp_dim}, prefix tokens {_prefix(a)}")]
     if "format" in info:
         rows += [
             ("format", info["format"]),

@@ -16,7 +16,7 @@ from ..errors import InputError
 class ArchSpec:
     """Architecture inferred from tensor shapes."""
 
-    family: str  # torchvision | dino | openclip
+    family: str  # torchvision | dino | openclip | dinov2 | timm
     name: str  # e.g. vit_b_16
     image_size: int
     patch_size: int
@@ -31,6 +31,10 @@ class ArchSpec:
     # "checkpoint config" | "library config" | "--num-heads" | "assumed from width"
     heads_source: str = "assumed from width"
     config: str | None = None  # the config the file (or hub name) carries, e.g. "args.arch='vit_small' (DINO)"
+    num_registers: int = 0  # register tokens among the prefix tokens (DINOv2 reg4: 4; DeiT's dist token is not one)
+    # Size the checkpoint's position embeddings were trained for, when it differs from `image_size` (they were
+    # interpolated by the family's library: --image-size, or DINOv2's 518 grid evaluated at 224)
+    native_image_size: int | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -75,6 +79,8 @@ class LoadOptions:
     checkpoint_key: str | None = None  # e.g. teacher / student for DINO
     family: str | None = None  # force a family instead of detecting it
     quick_gelu: bool | None = None
+    arch: str | None = None  # a timm model name (--arch) for state dicts whose architecture shapes cannot tell
+    image_size: int | None = None  # evaluate at this input size, position embeddings interpolated (--image-size)
 
 
 class Backbone(nn.Module):

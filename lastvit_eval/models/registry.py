@@ -10,7 +10,8 @@ from .base import LoadedModel, LoadOptions
 from .checkpoint import read_checkpoint, sha256_file
 
 # Adapter modules, tried in order; each exposes FAMILY, detect(raw) and load(raw, opts, source, sha256).
-FAMILIES = ["torchvision_vit", "dino_vit", "openclip_vit"]
+# dinov2 and timm_vit come before dino_vit: their files also carry DINO's cls_token / pos_embed / patch_embed keys.
+FAMILIES = ["torchvision_vit", "dinov2", "timm_vit", "dino_vit", "openclip_vit"]
 
 
 def _adapters():
