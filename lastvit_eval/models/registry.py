@@ -35,10 +35,13 @@ def load_model(checkpoint: str | Path, opts: LoadOptions | None = None) -> Loade
     raw = read_checkpoint(path, trust=opts.trust)
     sha = sha256_file(path)
     adapters = list(_adapters())
-    if opts.family:
-        chosen = [a for a in adapters if a.FAMILY == opts.family]
+    family = opts.family or ("timm" if opts.arch else None)  # --arch names a timm model: the timm adapter builds it
+    if opts.arch and family != "timm":
+        raise InputError(f"--arch {opts.arch} names a timm model: it does not apply to --family {family}")
+    if family:
+        chosen = [a for a in adapters if a.FAMILY == family]
         if not chosen:
-            raise InputError(f"unknown --family {opts.family!r}; known: {', '.join(a.FAMILY for a in adapters)}")
+            raise InputError(f"unknown --family {family!r}; known: {', '.join(a.FAMILY for a in adapters)}")
         return _with_options(chosen[0].load(raw, opts, str(path), sha), opts)
     for adapter in adapters:
         if adapter.detect(raw):
