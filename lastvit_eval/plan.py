@@ -274,7 +274,8 @@ def _check_poolings(poolings, model: LoadedModel | None, test: Split) -> None:
             if p.kind == "last" and p.topk > n_patches:
                 raise InputError(f"pooling {p.name}: k={p.topk} exceeds the {n_patches} patches of {model.name} "
                                  "(LAST would silently become GAP)")
-            if p.kind == "cls" and model.backbone.num_prefix_tokens < 1:
+            # registers are prefix tokens too: a model whose only prefix tokens are registers has no CLS
+            if p.kind == "cls" and model.backbone.num_prefix_tokens - model.arch.num_registers < 1:
                 raise InputError(f"pooling cls: {model.name} has no class token; use gap or last")
         return
     arrays = getattr(test.features, "arrays", {})

@@ -23,7 +23,7 @@ def extract(
     output: Output,
     checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
     num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
-    quick_gelu: o.QuickGelu = None,
+    quick_gelu: o.QuickGelu = None, arch: o.Arch = None, image_size: o.ImageSize = None,
     pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
     imagenet_root: o.Root = None, split: o.Split = "val", limit: o.Limit = None,
     patch_tokens: PatchTokens = False,
@@ -62,7 +62,8 @@ def extract(
     store = StoreSpec(dir=cache_dir, enabled=not no_cache, shard_size=shard_size)
     model = load_model(checkpoint, LoadOptions(trust=trust_checkpoint, ignore_keys=tuple(ignore_keys or ()),
                                                num_heads=num_heads, checkpoint_key=checkpoint_key, family=family,
-                                               quick_gelu=quick_gelu))
+                                               quick_gelu=quick_gelu, arch=arch,
+                                               image_size=image_size))
     if any(p.kind == "cls" for p in specs) and model.backbone.num_prefix_tokens < 1:
         raise InputError(f"pooling cls: {model.name} has no class token; use gap or last")
     with session(device, barrier_timeout):

@@ -60,6 +60,7 @@ def inspect_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
     trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None, num_heads: o.NumHeads = None,
     checkpoint_key: o.CheckpointKey = None, family: o.Family = None, quick_gelu: o.QuickGelu = None,
+    arch: o.Arch = None, image_size: o.ImageSize = None,
 ) -> None:
     """Load a checkpoint strictly and report family, architecture, key mapping and preprocessing.
 
@@ -70,7 +71,8 @@ def inspect_cmd(
     from ..models.base import LoadError
 
     load = LoadOptions(trust=trust_checkpoint, ignore_keys=tuple(ignore_keys or ()), num_heads=num_heads,
-                       checkpoint_key=checkpoint_key, family=family, quick_gelu=quick_gelu)
+                       checkpoint_key=checkpoint_key, family=family, quick_gelu=quick_gelu, arch=arch,
+                       image_size=image_size)
     try:
         model = load_model(checkpoint, load)
     except LoadError as e:
@@ -115,8 +117,9 @@ def _size(a: ArchSpec) -> str:
 def _prefix(a: ArchSpec) -> str:
     """CLS, registers and other prefix tokens (DeiT's distillation token): pooling skips all of them."""
     regs = getattr(a, "num_registers", 0)
-    other = a.num_prefix_tokens - 1 - regs
-    parts = (["CLS"] if a.num_prefix_tokens else []) + ([f"{regs} registers"] if regs else []) + (
+    cls = 1 if a.num_prefix_tokens > regs else 0
+    other = a.num_prefix_tokens - cls - regs
+    parts = (["CLS"] if cls else ["no CLS"]) + ([f"{regs} registers"] if regs else []) + (
         [f"{other} other (e.g. distillation)"] if other > 0 else [])
     return f"{a.num_prefix_tokens} ({' + '.join(parts)})" if len(parts) > 1 else str(a.num_prefix_tokens)
 

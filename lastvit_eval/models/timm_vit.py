@@ -185,7 +185,7 @@ def _grid_size(model, sd: dict) -> int | None:
     return g * int(model.patch_embed.patch_size[0]) if g * g == n and n > 0 else None
 
 
-def _mlp_dim(block) -> int:
+def mlp_hidden(block) -> int:
     for m in block.mlp.modules():
         if isinstance(m, torch.nn.Linear):
             return int(m.out_features)
@@ -232,7 +232,7 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None) -> LoadedModel
     reg = getattr(model, "reg_token", None)
     size = opts.image_size or int(model.patch_embed.img_size[0])
     arch = ArchSpec(family=FAMILY, name=name, image_size=size, patch_size=patch, width=width, depth=len(model.blocks),
-                    heads=heads, mlp_dim=_mlp_dim(blk), num_prefix_tokens=int(model.num_prefix_tokens),
+                    heads=heads, mlp_dim=mlp_hidden(blk), num_prefix_tokens=int(model.num_prefix_tokens),
                     num_classes=model.num_classes or None, heads_source="library config",
                     config=f"timm {name} ({where})", num_registers=int(reg.shape[1]) if reg is not None else 0,
                     native_image_size=native if native and native != size else None)
