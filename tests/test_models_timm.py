@@ -119,3 +119,41 @@ def test_dinov2_layout_with_arch(tmp_path):
     torch.save(to_dinov2_layout(ref.state_dict(), chunks=2), path)
     with pytest.raises(InputError, match=r"does not fit .*depth 2"):  # the real name has 12 blocks, the file 2
         load_model(path, LoadOptions(arch="vit_small_patch14_reg4_dinov2"))
+
+
+HUB_NAME = "vit_wee_patch16_reg1_gap_256.sbb_in1k"  # one register, no class token, avg pooling with fc_norm
+
+
+def test_timm_hub_name_with_registers_and_image_size(tmp_path, monkeypatch):
+    """A timm: name served from a local HF cache (offline): registers counted, cls refused, --image-size resamples."""
+    from safetensors.torch import save_file
+
+    for var in ("TORCH_HOME", "HF_HOME", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.setenv(var, str(tmp_path / "home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ref = reference(HUB_NAME.split(".")[0], 256, seed=3, num_classes=1000)
+    repo = tmp_path / "home" / "hub" / f"models--timm--{HUB_NAME}"
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc")
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(repo / "snapshots" / "abc" /
+                                                                           "model.safetensors"))
+    loaded = load_model(f"timm:{HUB_NAME}", LoadOptions(image_size=128))
+    a = loaded.arch
+    assert (a.num_registers, a.num_prefix_tokens, a.image_size, a.native_image_size, a.grid) == (1, 1, 128, 256, (8, 8))
+    assert loaded.transform.crop == 128 and loaded.transform.resize == int(128 / 0.95)
+    other = timm.create_model(HUB_NAME.split(".")[0], pretrained=False, img_size=128).eval()
+    other.load_state_dict(timm.models.vision_transformer.checkpoint_filter_fn(ref.state_dict(), other))
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        tokens = loaded.backbone.tokens(x)
+        assert (tokens - other.forward_features(x)).abs().max() < 1e-4
+        gap = pool(tokens, loaded.backbone.num_prefix_tokens, PoolingSpec("gap")).token
+        assert (loaded.backbone.head(gap) - other(x)).abs().max() < 1e-4  # the model's own avg + fc_norm + head
+    from lastvit_eval.plan import _check_poolings
+
+    with pytest.raises(InputError, match="has no class token"):
+        _check_poolings([PoolingSpec("cls")], loaded, None)
+    with pytest.raises(InputError, match="--arch does not apply to hub names"):
+        load_model(f"timm:{HUB_NAME}", LoadOptions(arch="vit_tiny_patch16_224"))

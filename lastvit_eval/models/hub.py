@@ -67,6 +67,8 @@ def load_hub(name: str, opts: LoadOptions) -> LoadedModel:
     lib, _, rest = name.partition(":")
     if not rest:
         raise InputError(f"{name}: expected {lib}:NAME")
+    if opts.arch:
+        raise InputError(f"{name}: --arch does not apply to hub names (the name is the architecture); drop it")
     if lib == "torchvision":
         return _torchvision(name, rest, opts)
     if lib == "timm":
