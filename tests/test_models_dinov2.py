@@ -136,3 +136,26 @@ def test_inspect_names_registers(tmp_path):
     assert info["family"] == "dinov2" and info["dropped"] == ["mask_token"]
     r = CliRunner().invoke(app, ["inspect", str(path)], env={"COLUMNS": "200"})
     assert r.exit_code == 0 and "prefix tokens 5 (CLS + 4 registers)" in r.output
+
+
+def test_swiglu_giant_layout(tmp_path):
+    """ViT-g's SwiGLU FFN (`mlp.w12` / `mlp.w3` in DINOv2's layout) onto timm's SwiGLUPacked; a narrow stand-in of
+    timm's vit_giant_patch14_dinov2 (width 96 is not in DINOv2's table: --num-heads is required and says so)."""
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_giant_patch14_dinov2", pretrained=False, img_size=28, depth=2, embed_dim=96,
+                            num_heads=4).eval()
+    with torch.no_grad():
+        for k, p in ref.named_parameters():
+            if "gamma" in k or "norm" in k:
+                p.add_(torch.randn_like(p) * 0.5)
+    sd = {k.replace("mlp.fc1.", "mlp.w12.").replace("mlp.fc2.", "mlp.w3."): v
+          for k, v in to_dinov2_layout(ref.state_dict()).items()}
+    path = tmp_path / "g.pth"
+    torch.save(sd, path)
+    with pytest.raises(InputError, match=r"width 96 .*not in the standard ViT table.*pass --num-heads"):
+        load_model(path)
+    loaded = load_model(path, LoadOptions(num_heads=4, image_size=28))
+    assert loaded.arch.mlp_dim == ref.blocks[0].mlp.fc2.in_features and loaded.arch.heads_source == "--num-heads"
+    x = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        assert (loaded.backbone.tokens(x) - ref.forward_features(x)).abs().max() < 1e-4
