@@ -134,8 +134,11 @@ def test_inspect_names_registers(tmp_path):
     info = json.loads(r.stdout)
     assert info["arch"]["num_registers"] == 4 and info["arch"]["num_prefix_tokens"] == 5
     assert info["family"] == "dinov2" and info["dropped"] == ["mask_token"]
-    r = CliRunner().invoke(app, ["inspect", str(path)], env={"COLUMNS": "200"})
-    assert r.exit_code == 0 and "prefix tokens 5 (CLS + 4 registers)" in r.output
+    from lastvit_eval.commands.inspect import _prefix
+
+    r = CliRunner().invoke(app, ["inspect", str(path)])
+    assert r.exit_code == 0 and "registers" in r.output  # the table (its width depends on the terminal) ...
+    assert _prefix(load_model(path).arch) == "5 (CLS + 4 registers)"  # ... says this
 
 
 def test_swiglu_giant_layout(tmp_path):

@@ -157,3 +157,15 @@ def test_timm_hub_name_with_registers_and_image_size(tmp_path, monkeypatch):
         _check_poolings([PoolingSpec("cls")], loaded, None)
     with pytest.raises(InputError, match="--arch does not apply to hub names"):
         load_model(f"timm:{HUB_NAME}", LoadOptions(arch="vit_tiny_patch16_224"))
+
+
+def test_nan_weights_are_not_blamed_on_the_name(tmp_path, deit):
+    sd = {k: v.clone() for k, v in deit.state_dict().items()}
+    sd["blocks.3.attn.proj.weight"][0, 0] = float("nan")
+    path = tmp_path / "nan.pth"
+    torch.save(sd, path)
+    with pytest.raises(InputError, match=r"'blocks.3.attn.proj.weight' .* non-finite values") as e:
+        load_model(path, LoadOptions(arch="deit_tiny_distilled_patch16_224"))
+    assert "does not fit" not in str(e.value)
+    with pytest.raises(InputError, match=r"--image-size 60 is not a positive multiple of the patch size 16"):
+        load_model(path, LoadOptions(arch="deit_tiny_distilled_patch16_224", image_size=60))

@@ -32,7 +32,7 @@ from ..errors import InputError
 from .base import ArchSpec, KeyReport, LoadedModel, LoadError, LoadOptions
 from .dino_vit import TimmBackbone
 from .keys import drop_keys, is_state_dict, strict_load, strip_if_all, to_float32
-from .resolution import timm_set_size
+from .resolution import check_image_size, timm_set_size
 
 FAMILY = "timm"
 PATTERNS = ("vit_*", "deit*", "eva*")
@@ -217,6 +217,8 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None) -> LoadedModel
     if not isinstance(probe, (VisionTransformer, Eva)):
         raise InputError(f"{source}: {where} {name!r} builds a timm {type(probe).__name__}, not a VisionTransformer "
                          "or Eva")
+    if opts.image_size:  # before building the real model
+        check_image_size(opts.image_size, int(probe.patch_embed.patch_size[0]), source)
     native = _grid_size(probe, sd)
     kw = {"img_size": native} if native and native != probe.patch_embed.img_size[0] else {}
     model = _create(name, sd, meta=False, **kw)
@@ -239,6 +241,8 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None) -> LoadedModel
     try:
         strict_load(model, sd, source, report, arch)
     except LoadError as e:
+        if not (report.missing or report.unexpected or report.mismatched):
+            raise  # a corrupt tensor, not a wrong name
         detail = str(e).removeprefix(f"{source}: ")
         raise LoadError(f"{source}: {where} {name!r} does not fit the tensors ({_shape_facts(sd)}; {_fits_text(sd)}): "
                         f"{detail}", keys=e.keys, arch=e.arch) from None
