@@ -169,3 +169,21 @@ def test_nan_weights_are_not_blamed_on_the_name(tmp_path, deit):
     assert "does not fit" not in str(e.value)
     with pytest.raises(InputError, match=r"--image-size 60 is not a positive multiple of the patch size 16"):
         load_model(path, LoadOptions(arch="deit_tiny_distilled_patch16_224", image_size=60))
+
+
+def test_arch_through_the_cli(tmp_path, deit):
+    import json
+
+    from typer.testing import CliRunner
+
+    from lastvit_eval.app import app
+
+    path = tmp_path / "deit.pth"
+    torch.save(deit.state_dict(), path)
+    r = CliRunner().invoke(app, ["inspect", str(path)])
+    assert r.exit_code == 2 and "pass --arch NAME (timm names that fit: deit_tiny_distilled_patch16_224)" in " ".join(
+        r.output.split())
+    r = CliRunner().invoke(app, ["inspect", str(path), "--arch", "deit_tiny_distilled_patch16_224", "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["family"] == "timm" and info["arch"]["num_prefix_tokens"] == 2 and info["details"]["head"] == "head"
