@@ -302,7 +302,7 @@ def _default_poolings(req: RunRequest, model: LoadedModel | None, test: Split) -
             raise InputError(f"{test.source}: holds no pooled features; pass -p")
         return tuple(specs), True
     hub = str(req.checkpoint).startswith(HUB_PREFIXES)
-    if hub and model.backbone.num_prefix_tokens < 1:  # no class token (ResNet, SigLIP): the model's own pool
+    if hub and not model.has_class_token:  # no class token (ResNet, SigLIP): the model's own pool
         return ((PoolingSpec("map"),) if model.backbone.has_map_head else (PoolingSpec("gap"),)), True
     return ((PoolingSpec("cls"),) if hub else (PoolingSpec("last", topk=1),)), True
 
@@ -325,7 +325,7 @@ def _check_poolings(poolings, model: LoadedModel | None, test: Split) -> None:
             if p.kind == "last" and p.topk > n_patches:
                 raise InputError(f"pooling {p.name}: k={p.topk} exceeds the {n_patches} patches of {model.name} "
                                  "(LAST would silently become GAP)")
-            kinds = [k for k, ok in (("cls", model.backbone.num_prefix_tokens >= 1), ("gap", True), ("last", True),
+            kinds = [k for k, ok in (("cls", model.has_class_token), ("gap", True), ("last", True),
                                      ("map", model.backbone.has_map_head)) if ok]
             use = ", ".join(f"-p {k}" for k in kinds[:-1]) + f" or -p {kinds[-1]}"
             if p.kind == "cls" and "cls" not in kinds:
@@ -349,7 +349,7 @@ def _check_internal_taps(evaluators, model: LoadedModel | None) -> None:
         if wanted and model is not None and not model.backbone.blocks():
             raise InputError(f"{e.name}: needs {', '.join(wanted)} from transformer blocks, which {model.name} "
                              "does not expose (a CNN, or attention with rotary embeddings)")
-        if "cls_attn" in wanted and model is not None and model.backbone.num_prefix_tokens < 1:
+        if "cls_attn" in wanted and model is not None and not model.has_class_token:
             raise InputError(f"{e.name}: needs the CLS attention, and {model.name} has no class token")
 
 

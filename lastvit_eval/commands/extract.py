@@ -23,7 +23,7 @@ def extract(
     output: Output,
     checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
     num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
-    quick_gelu: o.QuickGelu = None,
+    quick_gelu: o.QuickGelu = None, arch: o.Arch = None, image_size: o.ImageSize = None,
     pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
     imagenet_root: o.Root = None, split: o.Split = "val", limit: o.Limit = None,
     patch_tokens: PatchTokens = False,
@@ -62,11 +62,12 @@ def extract(
     store = StoreSpec(dir=cache_dir, enabled=not no_cache, shard_size=shard_size)
     model = load_model(checkpoint, LoadOptions(trust=trust_checkpoint, ignore_keys=tuple(ignore_keys or ()),
                                                num_heads=num_heads, checkpoint_key=checkpoint_key, family=family,
-                                               quick_gelu=quick_gelu))
+                                               quick_gelu=quick_gelu, arch=arch,
+                                               image_size=image_size))
     if not given:  # the defaults follow the model: no class token (ResNet, SigLIP), its own attention pool
-        specs = tuple(p for p in specs if p.kind != "cls" or model.backbone.num_prefix_tokens >= 1) + (
+        specs = tuple(p for p in specs if p.kind != "cls" or model.has_class_token) + (
             (PoolingSpec("map"),) if model.backbone.has_map_head else ())
-    if any(p.kind == "cls" for p in specs) and model.backbone.num_prefix_tokens < 1:
+    if any(p.kind == "cls" for p in specs) and not model.has_class_token:
         raise InputError(f"pooling cls: {model.name} has no class token; use gap or last")
     if any(p.kind == "map" for p in specs) and not model.backbone.has_map_head:
         raise InputError(f"pooling map: {model.name} has no attention-pool head; use cls, gap or last")

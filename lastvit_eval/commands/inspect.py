@@ -60,6 +60,7 @@ def inspect_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
     trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None, num_heads: o.NumHeads = None,
     checkpoint_key: o.CheckpointKey = None, family: o.Family = None, quick_gelu: o.QuickGelu = None,
+    arch: o.Arch = None, image_size: o.ImageSize = None,
 ) -> None:
     """Load a checkpoint strictly and report family, architecture, key mapping and preprocessing.
 
@@ -70,7 +71,8 @@ def inspect_cmd(
     from ..models.base import LoadError
 
     load = LoadOptions(trust=trust_checkpoint, ignore_keys=tuple(ignore_keys or ()), num_heads=num_heads,
-                       checkpoint_key=checkpoint_key, family=family, quick_gelu=quick_gelu)
+                       checkpoint_key=checkpoint_key, family=family, quick_gelu=quick_gelu, arch=arch,
+                       image_size=image_size)
     try:
         model = load_model(checkpoint, load)
     except LoadError as e:
@@ -107,12 +109,27 @@ def _heads(a: ArchSpec) -> str:
     return f"{a.heads}{where}"
 
 
+def _size(a: ArchSpec) -> str:
+    native = getattr(a, "native_image_size", None)
+    return f"{a.image_size}px" + (f" (position embeddings trained at {native}px, interpolated)" if native else "")
+
+
+def _prefix(a: ArchSpec) -> str:
+    """CLS, registers and other prefix tokens (DeiT's distillation token): pooling skips all of them."""
+    regs = getattr(a, "num_registers", 0)
+    cls = 1 if a.num_prefix_tokens > regs else 0
+    other = a.num_prefix_tokens - cls - regs
+    parts = (["CLS"] if cls else ["no CLS"]) + ([f"{regs} registers"] if regs else []) + (
+        [f"{other} other (e.g. distillation)"] if other > 0 else [])
+    return f"{a.num_prefix_tokens} ({' + '.join(parts)})" if len(parts) > 1 else str(a.num_prefix_tokens)
+
+
 def _key_rows(info: dict, a: ArchSpec | None) -> list[tuple[str, str]]:
     rows = []
     if a is not None:
         rows += [("family", a.family),
-                 ("architecture", f"{a.name}: {a.image_size}px, patch {a.patch_size}, width {a.width}, depth "
-                                  f"{a.depth}, heads {_heads(a)}, mlp {a.mlp_dim}, prefix tokens {a.num_prefix_tokens}")]
+                 ("architecture", f"{a.name}: {_size(a)}, patch {a.patch_size}, width {a.width}, depth "
+                                  f"{a.depth}, heads {_heads(a)}, mlp {a.mlp_dim}, prefix tokens {_prefix(a)}")]
     if "format" in info:
         rows += [
             ("format", info["format"]),

@@ -31,9 +31,15 @@ NumHeads = Annotated[int | None, _opt("--num-heads", help="Attention heads, when
                                       panel=MODEL)]
 CheckpointKey = Annotated[str | None, _opt("--checkpoint-key", help="Sub-model to load: teacher (DINO default) or "
                                            "student.", panel=MODEL)]
-Family = Annotated[str | None, _opt("--family", help="Force a family: torchvision, dino, openclip.", panel=MODEL)]
+Family = Annotated[str | None, _opt("--family", help="Force a family: torchvision, dino, dinov2, timm, openclip.", panel=MODEL)]
 QuickGelu = Annotated[bool | None, _opt("--quick-gelu/--no-quick-gelu", help="CLIP: QuickGELU activations (OpenAI "
                                         "weights); default: detect.", panel=MODEL)]
+Arch = Annotated[str | None, _opt("--arch", help="timm model name for a state dict that does not name its "
+                                 "architecture (e.g. deit_small_distilled_patch16_224); a wrong one lists the names "
+                                 "that fit.", panel=MODEL)]
+ImageSize = Annotated[int | None, _opt("--image-size", help="Evaluate at this input size (a multiple of the patch "
+                                       "size): position embeddings interpolated by the family's library, resize and "
+                                       "crop scaled.", panel=MODEL)]
 
 # --- pooling -----------------------------------------------------------------------------------------
 Pooling = Annotated[list[str] | None, _opt("--pooling", "-p", help="cls | gap | last | map | last:k=5,sigma=20,"

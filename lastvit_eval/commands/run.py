@@ -171,7 +171,8 @@ def run_command(evaluators: list[str], kw: dict) -> None:
     store = StoreSpec(dir=get_("cache_dir"), enabled=not get_("no_cache"), shard_size=get_("shard_size") or 1024)
     load = LoadOptions(trust=bool(get_("trust_checkpoint")), ignore_keys=tuple(get_("ignore_keys") or ()),
                        num_heads=get_("num_heads"), checkpoint_key=get_("checkpoint_key"), family=get_("family"),
-                       quick_gelu=get_("quick_gelu"))
+                       quick_gelu=get_("quick_gelu"), arch=get_("arch"),
+                       image_size=get_("image_size"))
     req = RunRequest(
         evaluators=tuple(c.name for c in classes), options=options, checkpoint=get_("checkpoint"), load=load,
         poolings=poolings_from(get_("pooling"), get_("topk"), get_("sigma"), get_("score_formula")),
@@ -238,7 +239,7 @@ def run(
     evaluators: o.Evaluators = "patch-hit,knn",
     checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
     num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
-    quick_gelu: o.QuickGelu = None,
+    quick_gelu: o.QuickGelu = None, arch: o.Arch = None, image_size: o.ImageSize = None,
     pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
     imagenet_root: o.Root = None, split: o.Split = "val", train: o.Train = None, test: o.Test = None,
     train_features: o.TrainFeatures = None, test_features: o.TestFeatures = None,
@@ -273,7 +274,7 @@ def run(
 def patch_hit(
     checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
     num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
-    quick_gelu: o.QuickGelu = None,
+    quick_gelu: o.QuickGelu = None, arch: o.Arch = None, image_size: o.ImageSize = None,
     pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
     imagenet_root: o.Root = None, split: o.Split = "val", limit: o.Limit = None, seed: o.Seed = 0,
     boxes: o.Boxes = None, masks: o.Masks = None, on_bad_annotation: o.OnBadAnnotation = "fail",
@@ -294,7 +295,7 @@ def patch_hit(
 def knn(
     checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
     num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
-    quick_gelu: o.QuickGelu = None,
+    quick_gelu: o.QuickGelu = None, arch: o.Arch = None, image_size: o.ImageSize = None,
     pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
     imagenet_root: o.Root = None, split: o.Split = "val", train: o.Train = None, test: o.Test = None,
     train_features: o.TrainFeatures = None, test_features: o.TestFeatures = None,
@@ -315,7 +316,7 @@ def knn(
 def linear_probe(
     checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
     num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
-    quick_gelu: o.QuickGelu = None,
+    quick_gelu: o.QuickGelu = None, arch: o.Arch = None, image_size: o.ImageSize = None,
     pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
     imagenet_root: o.Root = None, split: o.Split = "val", train: o.Train = None, test: o.Test = None,
     train_features: o.TrainFeatures = None, test_features: o.TestFeatures = None,
@@ -337,7 +338,7 @@ def linear_probe(
 def classify(
     checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
     num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
-    quick_gelu: o.QuickGelu = None,
+    quick_gelu: o.QuickGelu = None, arch: o.Arch = None, image_size: o.ImageSize = None,
     pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
     imagenet_root: o.Root = None, split: o.Split = "val", test: o.Test = None, test_features: o.TestFeatures = None,
     limit: o.Limit = None, seed: o.Seed = 0, class_map: o.ClassMap = None,
@@ -356,7 +357,7 @@ def classify(
 def zero_shot(
     checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
     num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
-    quick_gelu: o.QuickGelu = None,
+    quick_gelu: o.QuickGelu = None, arch: o.Arch = None, image_size: o.ImageSize = None,
     pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
     imagenet_root: o.Root = None, split: o.Split = "val", test: o.Test = None, limit: o.Limit = None,
     seed: o.Seed = 0, class_map: o.ClassMap = None, classnames: o.Classnames = None, templates: o.Templates = None,
@@ -375,7 +376,7 @@ def zero_shot(
 def corloc(
     checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
     num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
-    quick_gelu: o.QuickGelu = None,
+    quick_gelu: o.QuickGelu = None, arch: o.Arch = None, image_size: o.ImageSize = None,
     pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
     voc_root: o.VocRoot = None, year: o.Year = "2012", image_set: o.ImageSet = None, limit: o.Limit = None,
     seed: o.Seed = 0,
@@ -397,7 +398,7 @@ def corloc(
 def coarse_seg(
     checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
     num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
-    quick_gelu: o.QuickGelu = None,
+    quick_gelu: o.QuickGelu = None, arch: o.Arch = None, image_size: o.ImageSize = None,
     pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
     voc_root: o.VocRoot = None, year: o.Year = "2012", image_set: o.ImageSet = None, limit: o.Limit = None,
     seed: o.Seed = 0, threshold: o.Threshold = None,

@@ -21,7 +21,7 @@ Sample = Annotated[int, typer.Option("--sample", min=1, help="Otherwise draw thi
 def visualize(
     checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
     num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
-    quick_gelu: o.QuickGelu = None,
+    quick_gelu: o.QuickGelu = None, arch: o.Arch = None, image_size: o.ImageSize = None,
     pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
     imagenet_root: o.Root = None, boxes: o.Boxes = None, images: Images = None, sample: Sample = 8,
     seed: o.Seed = 0,
@@ -51,7 +51,8 @@ def visualize(
         raise InputError("visualize draws one pooling at a time; give one -p")
     model = load_model(checkpoint, LoadOptions(trust=trust_checkpoint, ignore_keys=tuple(ignore_keys or ()),
                                                num_heads=num_heads, checkpoint_key=checkpoint_key, family=family,
-                                               quick_gelu=quick_gelu))
+                                               quick_gelu=quick_gelu, arch=arch,
+                                               image_size=image_size))
     out = output_dir or (Path("results") / f"visualize-{model.name.rsplit('.', 1)[0]}-{specs[0].name}")
     from ..engine.distributed import session
 

@@ -53,7 +53,7 @@ def widened(model: LoadedModel, request: TapRequest) -> TapRequest:
     """The request plus every cheap tap of the standard poolings (what a forward stores anyway)."""
     poolings = {p.name: p for p in request.poolings}
     for p in STANDARD_POOLINGS:
-        if p.kind == "cls" and model.backbone.num_prefix_tokens < 1:
+        if p.kind == "cls" and not model.has_class_token:
             continue
         poolings.setdefault(p.name, p)
     return TapRequest(tuple(poolings.values()), frozenset(request.taps | CHEAP_TAPS),

@@ -17,7 +17,7 @@ from ..pooling import Pooled
 class ArchSpec:
     """Architecture inferred from tensor shapes."""
 
-    family: str  # torchvision | dino | openclip
+    family: str  # torchvision | dino | openclip | dinov2 | timm
     name: str  # e.g. vit_b_16
     image_size: int
     patch_size: int
@@ -32,6 +32,10 @@ class ArchSpec:
     # "checkpoint config" | "library config" | "--num-heads" | "assumed from width"
     heads_source: str = "assumed from width"
     config: str | None = None  # the config the file (or hub name) carries, e.g. "args.arch='vit_small' (DINO)"
+    num_registers: int = 0  # register tokens among the prefix tokens (DINOv2 reg4: 4; DeiT's dist token is not one)
+    # Size the checkpoint's position embeddings were trained for, when it differs from `image_size` (they were
+    # interpolated by the family's library: --image-size, or DINOv2's 518 grid evaluated at 224)
+    native_image_size: int | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -76,6 +80,8 @@ class LoadOptions:
     checkpoint_key: str | None = None  # e.g. teacher / student for DINO
     family: str | None = None  # force a family instead of detecting it
     quick_gelu: bool | None = None
+    arch: str | None = None  # a timm model name (--arch) for state dicts whose architecture shapes cannot tell
+    image_size: int | None = None  # evaluate at this input size, position embeddings interpolated (--image-size)
 
 
 class Backbone(nn.Module):
@@ -122,6 +128,11 @@ class LoadedModel:
     sha256: str | None
     params: int = 0
     load_options: LoadOptions | None = None  # set by load_model; part of the feature-cache key
+
+    @property
+    def has_class_token(self) -> bool:
+        """Prefix tokens are CLS (and a distillation token) plus registers: registers alone are no class token."""
+        return self.backbone.num_prefix_tokens - (self.arch.num_registers or 0) >= 1
 
     @property
     def name(self) -> str:

@@ -143,6 +143,7 @@ def infer_arch(sd: dict, opts: LoadOptions, source: str, hint: ArchHint | None =
         heads=heads,
         mlp_dim=mlp_dim,
         num_prefix_tokens=1 + reg,
+        num_registers=reg,
         num_classes=num_classes,
         heads_source=heads_source,
         config=config,
@@ -186,6 +187,13 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None, hint: ArchHint
 
     model = VisionTransformer(**kwargs)
     strict_load(model, sd, source, report, arch)
+    if opts.image_size and opts.image_size != arch.image_size:  # --image-size: timm resamples pos_embed
+        import dataclasses
+
+        from .resolution import timm_set_size
+
+        report.steps += timm_set_size(model, opts.image_size, source)
+        arch = dataclasses.replace(arch, image_size=opts.image_size, native_image_size=arch.image_size)
     model.eval().requires_grad_(False)
     return LoadedModel(
         backbone=TimmBackbone(model),

@@ -67,6 +67,8 @@ def load_hub(name: str, opts: LoadOptions) -> LoadedModel:
     lib, _, rest = name.partition(":")
     if not rest:
         raise InputError(f"{name}: expected {lib}:NAME")
+    if opts.arch:
+        raise InputError(f"{name}: --arch does not apply to hub names (the name is the architecture); drop it")
     if lib == "torchvision":
         return _torchvision(name, rest, opts)
     if lib == "timm":
@@ -111,6 +113,10 @@ def _torchvision(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
     t = weights.transforms()
     spec = TransformSpec(resize=int(t.resize_size[0]), crop=int(t.crop_size[0]), interpolation=t.interpolation.value,
                          mean=tuple(t.mean), std=tuple(t.std))
+    if opts.image_size:  # the weights' recipe at the new size (resize / crop ratio kept)
+        from .resolution import scale_transform
+
+        spec = scale_transform(spec, model.arch.image_size)
     model.keys.steps.insert(0, f"torchvision weights {weights} from {path}")
     return dataclasses.replace(model, transform=spec)
 
@@ -153,18 +159,21 @@ def _timm(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise InputError(f"{name}: timm could not load {path} ({type(e).__name__}: {first})") from None
         raise _missing(name, cfg.hf_hub_id or cfg.url or rest, f"{type(e).__name__}: {e}") from None
+    from timm.models.eva import Eva
     from timm.models.vision_transformer import VisionTransformer
 
-    if not isinstance(model, VisionTransformer):
-        raise InputError(f"{name}: {type(model).__name__} is not a timm VisionTransformer")
+    from .resolution import timm_set_size
+    from .timm_vit import mlp_hidden, pooling_details, timm_transform
+
+    if not isinstance(model, (VisionTransformer, Eva)):
+        raise InputError(f"{name}: {type(model).__name__} is not a timm VisionTransformer or Eva")
     model.eval().requires_grad_(False)
-    dc = timm.data.resolve_data_config({}, model=model)
-    size = int(dc["input_size"][-1])
-    transform = TransformSpec(resize=int(size / dc["crop_pct"]), crop=size, interpolation=dc["interpolation"],
-                              mean=tuple(dc["mean"]), std=tuple(dc["std"]))
     pe = model.patch_embed
+    native = int(pe.img_size[0])
+    resampled = timm_set_size(model, opts.image_size, name) if opts.image_size else []
     grid = pe.grid_size[0]
     patch = pe.patch_size[0]
+    transform = timm_transform(model, grid * patch)
     blk = model.blocks[0]
     heads = int(blk.attn.num_heads)
     if opts.num_heads is not None and opts.num_heads != heads:
@@ -172,14 +181,19 @@ def _timm(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
                          f"of width {model.embed_dim // heads}; patch_embed.proj.weight "
                          f"{tuple(pe.proj.weight.shape)}); drop --num-heads")
     arch = ArchSpec(family="timm", name=rest, image_size=grid * patch, patch_size=patch, width=model.embed_dim,
-                    depth=len(model.blocks), heads=heads, mlp_dim=blk.mlp.fc1.out_features,
+                    depth=len(model.blocks), heads=heads, mlp_dim=mlp_hidden(blk),
                     num_prefix_tokens=int(model.num_prefix_tokens),
                     num_classes=model.num_classes or None,
                     heads_source="--num-heads" if opts.num_heads is not None else "library config",
-                    config=f"timm {rest}")
-    report = KeyReport(format="timm pretrained", steps=[f"timm.create_model({rest!r}, pretrained=True) from {path}"])
+                    config=f"timm {rest}",
+                    num_registers=int(model.reg_token.shape[1]) if getattr(model, "reg_token", None) is not None else 0,
+                    native_image_size=native if native != grid * patch else None)
+    report = KeyReport(format="timm pretrained", steps=[f"timm.create_model({rest!r}, pretrained=True) from {path}",
+                                                        *resampled])
     check_finite(model.state_dict(), name, report, arch)
-    return LoadedModel(backbone=TimmBackbone(model), arch=arch, transform=transform, keys=report, source=name,
+    backbone = TimmBackbone(model)
+    backbone.details = pooling_details(model)
+    return LoadedModel(backbone=backbone, arch=arch, transform=transform, keys=report, source=name,
                        sha256=sha256_file(path) if path is not None else None,
                        params=sum(p.numel() for p in model.parameters()))
 

@@ -213,6 +213,12 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None, hint: ArchHint
     embed_dim, vision, text, kwargs = infer_config(
         sd, opts, source, hint if hint is not None else openclip_run_hint(hints.get("training_name")))
     heads_source, config = kwargs.pop("heads_source"), kwargs.pop("config")
+    native = int(vision.image_size)
+    if opts.image_size and opts.image_size != native:  # --image-size: open_clip's resize_pos_embed, below
+        from .resolution import check_image_size
+
+        check_image_size(opts.image_size, int(vision.patch_size), source)
+        vision.image_size = opts.image_size
     quick_gelu, why = quick_gelu_rule(opts, hints)
     report.steps.append(f"activation: {'QuickGELU' if quick_gelu else 'GELU'} ({why})")
     from open_clip.model import CLIP
@@ -232,7 +238,15 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None, hint: ArchHint
         embed_dim=embed_dim,
         heads_source=heads_source,
         config=config,
+        native_image_size=native if native != vision.image_size else None,
     )
+    if native != vision.image_size:
+        from open_clip.model import resize_pos_embed
+
+        resize_pos_embed(sd, model)  # in place, bicubic + antialias, as open_clip does when loading
+        g0, g1 = native // vision.patch_size, vision.image_size // vision.patch_size
+        report.steps.append(f"visual.positional_embedding resized {g0}x{g0} -> {g1}x{g1} for {vision.image_size}px "
+                            "(open_clip resize_pos_embed)")
     strict_load(model, sd, source, report, arch)
     model.eval().requires_grad_(False)
     details = {

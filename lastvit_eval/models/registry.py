@@ -10,9 +10,10 @@ from .base import LoadedModel, LoadOptions
 from .checkpoint import read_checkpoint, sha256_file
 
 # Adapter modules, tried in order; each exposes FAMILY, detect(raw) and load(raw, opts, source, sha256).
+# dinov2 and timm_vit come before dino_vit: their files also carry DINO's cls_token / pos_embed / patch_embed keys.
 # openclip_towers (ResNet / timm-trunk CLIPs) comes before openclip_vit, which would claim a ResNet CLIP by its
 # `visual.conv1.weight`; it hands plain ViT CLIPs to openclip_vit, so `--family openclip` covers every tower.
-FAMILIES = ["torchvision_vit", "dino_vit", "openclip_towers", "openclip_vit", "resnet"]
+FAMILIES = ["torchvision_vit", "dinov2", "timm_vit", "dino_vit", "openclip_towers", "openclip_vit", "resnet"]
 
 
 def _adapters():
@@ -36,10 +37,13 @@ def load_model(checkpoint: str | Path, opts: LoadOptions | None = None) -> Loade
     raw = read_checkpoint(path, trust=opts.trust)
     sha = sha256_file(path)
     adapters = list(_adapters())
-    if opts.family:
-        chosen = [a for a in adapters if a.FAMILY == opts.family]
+    family = opts.family or ("timm" if opts.arch else None)  # --arch names a timm model: the timm adapter builds it
+    if opts.arch and family != "timm":
+        raise InputError(f"--arch {opts.arch} names a timm model: it does not apply to --family {family}")
+    if family:
+        chosen = [a for a in adapters if a.FAMILY == family]
         if not chosen:
-            raise InputError(f"unknown --family {opts.family!r}; known: {', '.join(a.FAMILY for a in adapters)}")
+            raise InputError(f"unknown --family {family!r}; known: {', '.join(a.FAMILY for a in adapters)}")
         return _with_options(chosen[0].load(raw, opts, str(path), sha), opts)
     for adapter in adapters:
         if adapter.detect(raw):

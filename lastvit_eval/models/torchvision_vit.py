@@ -89,6 +89,26 @@ def infer_arch(sd: dict, opts: LoadOptions, source: str, hint: ArchHint | None =
     )
 
 
+def _resize(model: VisionTransformer, arch: ArchSpec, size: int | None, source: str, report: KeyReport) -> ArchSpec:
+    """--image-size: torchvision's own `interpolate_embeddings` (bicubic) on the loaded position embeddings."""
+    if not size or size == arch.image_size:
+        return arch
+    import dataclasses
+
+    from torchvision.models.vision_transformer import interpolate_embeddings
+
+    from .resolution import check_image_size
+
+    check_image_size(size, arch.patch_size, source)
+    new = interpolate_embeddings(size, arch.patch_size, {"encoder.pos_embedding": model.encoder.pos_embedding.data})
+    model.encoder.pos_embedding = torch.nn.Parameter(new["encoder.pos_embedding"], requires_grad=False)
+    model.image_size = size
+    g0, g1 = arch.grid[0], size // arch.patch_size
+    report.steps.append(f"position embeddings interpolated {g0}x{g0} -> {g1}x{g1} for {size}px "
+                        "(torchvision interpolate_embeddings, bicubic)")
+    return dataclasses.replace(arch, image_size=size, native_image_size=arch.image_size)
+
+
 class TorchvisionBackbone(Backbone):
     def __init__(self, model: VisionTransformer, has_head: bool) -> None:
         super().__init__()
@@ -138,6 +158,7 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None, hint: ArchHint
     arch = infer_arch(sd, opts, source, hint if hint is not None else torchvision_ref_hint(raw))
     model = build(arch)
     strict_load(model, sd, source, report, arch)
+    arch = _resize(model, arch, opts.image_size, source, report)
     model.eval().requires_grad_(False)
     return LoadedModel(
         backbone=TorchvisionBackbone(model, has_head=arch.num_classes is not None),

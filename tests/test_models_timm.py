@@ -1,0 +1,189 @@
+"""timm files (DeiT distilled, EVA02, plain ViT with pretrained_cfg) against timm's own forward; --arch errors."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from lastvit_eval.errors import InputError
+from lastvit_eval.models import LoadOptions, load_model
+from lastvit_eval.pooling import PoolingSpec, pool
+
+
+def reference(name: str, img_size: int, seed: int = 0, num_classes: int = 10) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    m = timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=img_size)
+    with torch.no_grad():
+        for k, p in m.named_parameters():
+            if any(w in k for w in ("norm", "head", "token", "pos_embed")):
+                p.add_(torch.randn_like(p) * 0.3)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def deit():
+    return reference("deit_tiny_distilled_patch16_224", 64)
+
+
+@pytest.fixture(scope="module")
+def eva():
+    return reference("eva02_tiny_patch14_224", 56, seed=1)
+
+
+def _check_against(loaded, ref, size):
+    x = torch.randn(2, 3, size, size)
+    n = ref.num_prefix_tokens
+    with torch.no_grad():
+        ref_tokens = ref.forward_features(x)
+        tokens = loaded.backbone.tokens(x)
+        cls = pool(tokens, loaded.backbone.num_prefix_tokens, PoolingSpec("cls")).token
+        gap = pool(tokens, loaded.backbone.num_prefix_tokens, PoolingSpec("gap")).token
+    assert loaded.backbone.num_prefix_tokens == n
+    assert (tokens - ref_tokens).abs().max() < 1e-4
+    assert (cls - ref_tokens[:, 0]).abs().max() < 1e-4
+    assert (gap - ref_tokens[:, n:].mean(1)).abs().max() < 1e-4
+    return x, gap
+
+
+def test_deit_distilled_with_arch(tmp_path, deit):
+    path = tmp_path / "deit.pth"
+    torch.save(deit.state_dict(), path)
+    loaded = load_model(path, LoadOptions(arch="deit_tiny_distilled_patch16_224"))
+    a = loaded.arch
+    assert (a.family, a.image_size, a.patch_size, a.width, a.depth, a.heads, a.num_prefix_tokens, a.num_registers,
+            a.num_classes, a.heads_source) == ("timm", 64, 16, 192, 12, 3, 2, 0, 10, "library config")
+    x, _ = _check_against(loaded, deit, 64)
+    with torch.no_grad():
+        cls_logits = deit.head(deit.forward_features(x)[:, 0])
+        assert (loaded.backbone.head(pool(loaded.backbone.tokens(x), 2, PoolingSpec("cls")).token)
+                - cls_logits).abs().max() < 1e-4
+    t = loaded.transform
+    crop_pct = timm.models.get_pretrained_cfg("deit_tiny_distilled_patch16_224").crop_pct  # timm: floor(size / pct)
+    assert (t.crop, t.resize, t.interpolation) == (64, int(64 / crop_pct), "bicubic")
+
+
+def test_eva02_gap_and_head_are_the_models_own(tmp_path, eva):
+    """EVA02 pools avg + fc_norm: gap is its own pooled feature and gap + head its own logits."""
+    path = tmp_path / "eva.pth"
+    torch.save({"state_dict": eva.state_dict(), "arch": "eva02_tiny_patch14_224", "epoch": 1}, path)
+    loaded = load_model(path)  # fc_norm without norm: only a timm model holds it; the name comes from the file
+    assert loaded.arch.family == "timm" and "checkpoint['arch']" in loaded.arch.config
+    x, gap = _check_against(loaded, eva, 56)
+    with torch.no_grad():
+        assert (loaded.backbone.head(gap) - eva(x)).abs().max() < 1e-4
+    assert loaded.backbone.details["timm_global_pool"] == "avg" and "fc_norm" in loaded.backbone.details["head"]
+
+
+def test_pretrained_cfg_file_and_image_size(tmp_path):
+    ref = reference("vit_tiny_patch16_224", 64, seed=2, num_classes=0)
+    path = tmp_path / "vit.pth"
+    torch.save({"state_dict": ref.state_dict(), "pretrained_cfg": {"architecture": "vit_tiny_patch16_224"}}, path)
+    loaded = load_model(path)
+    assert loaded.arch.name == "vit_tiny_patch16_224" and loaded.arch.num_classes is None
+    _check_against(loaded, ref, 64)
+    big = load_model(path, LoadOptions(image_size=96))
+    other = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=96).eval()
+    other.load_state_dict(timm.models.vision_transformer.checkpoint_filter_fn(ref.state_dict(), other))
+    assert big.arch.grid == (6, 6) and big.arch.native_image_size == 64
+    _check_against(big, other, 96)
+
+
+def test_missing_or_wrong_arch_names_the_fits(tmp_path, deit):
+    path = tmp_path / "deit.pth"
+    torch.save(deit.state_dict(), path)
+    with pytest.raises(InputError, match=r"patch_embed.proj.weight \(192, 3, 16, 16\).*depth 12.* pass --arch "
+                                         r"NAME \(timm names that fit: deit_tiny_distilled_patch16_224\)") as e:
+        load_model(path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match=r"--arch 'deit_small_distilled_patch16_224' does not fit .*"
+                                         r"deit_tiny_distilled_patch16_224"):
+        load_model(path, LoadOptions(arch="deit_small_distilled_patch16_224"))
+    with pytest.raises(InputError, match=r"'resnet18' builds a timm ResNet, not a VisionTransformer"):
+        load_model(path, LoadOptions(arch="resnet18"))
+    with pytest.raises(InputError, match=r"'vit_nonesuch' is not a timm model; timm names that fit"):
+        load_model(path, LoadOptions(arch="vit_nonesuch"))
+    with pytest.raises(InputError, match=r"--num-heads 4 contradicts timm's config"):
+        load_model(path, LoadOptions(arch="deit_tiny_distilled_patch16_224", num_heads=4))
+    with pytest.raises(InputError, match=r"--arch .* does not apply to --family dino"):
+        load_model(path, LoadOptions(arch="deit_tiny_distilled_patch16_224", family="dino"))
+
+
+def test_dinov2_layout_with_arch(tmp_path):
+    """--arch with facebookresearch/dinov2's own layout: the dinov2 key mapping is applied first."""
+    from test_models_dinov2 import reference as dinov2_ref
+    from test_models_dinov2 import to_dinov2_layout
+
+    ref = dinov2_ref("vit_small_patch14_reg4_dinov2", seed=5)
+    path = tmp_path / "reg.pth"
+    torch.save(to_dinov2_layout(ref.state_dict(), chunks=2), path)
+    with pytest.raises(InputError, match=r"does not fit .*depth 2"):  # the real name has 12 blocks, the file 2
+        load_model(path, LoadOptions(arch="vit_small_patch14_reg4_dinov2"))
+
+
+HUB_NAME = "vit_wee_patch16_reg1_gap_256.sbb_in1k"  # one register, no class token, avg pooling with fc_norm
+
+
+def test_timm_hub_name_with_registers_and_image_size(tmp_path, monkeypatch):
+    """A timm: name served from a local HF cache (offline): registers counted, cls refused, --image-size resamples."""
+    from safetensors.torch import save_file
+
+    for var in ("TORCH_HOME", "HF_HOME", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.setenv(var, str(tmp_path / "home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ref = reference(HUB_NAME.split(".")[0], 256, seed=3, num_classes=1000)
+    repo = tmp_path / "home" / "hub" / f"models--timm--{HUB_NAME}"
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc")
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(repo / "snapshots" / "abc" /
+                                                                           "model.safetensors"))
+    loaded = load_model(f"timm:{HUB_NAME}", LoadOptions(image_size=128))
+    a = loaded.arch
+    assert (a.num_registers, a.num_prefix_tokens, a.image_size, a.native_image_size, a.grid) == (1, 1, 128, 256, (8, 8))
+    assert loaded.transform.crop == 128 and loaded.transform.resize == int(128 / 0.95)
+    other = timm.create_model(HUB_NAME.split(".")[0], pretrained=False, img_size=128).eval()
+    other.load_state_dict(timm.models.vision_transformer.checkpoint_filter_fn(ref.state_dict(), other))
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        tokens = loaded.backbone.tokens(x)
+        assert (tokens - other.forward_features(x)).abs().max() < 1e-4
+        gap = pool(tokens, loaded.backbone.num_prefix_tokens, PoolingSpec("gap")).token
+        assert (loaded.backbone.head(gap) - other(x)).abs().max() < 1e-4  # the model's own avg + fc_norm + head
+    from lastvit_eval.plan import _check_poolings
+
+    with pytest.raises(InputError, match="has no class token"):
+        _check_poolings([PoolingSpec("cls")], loaded, None)
+    with pytest.raises(InputError, match="--arch does not apply to hub names"):
+        load_model(f"timm:{HUB_NAME}", LoadOptions(arch="vit_tiny_patch16_224"))
+
+
+def test_nan_weights_are_not_blamed_on_the_name(tmp_path, deit):
+    sd = {k: v.clone() for k, v in deit.state_dict().items()}
+    sd["blocks.3.attn.proj.weight"][0, 0] = float("nan")
+    path = tmp_path / "nan.pth"
+    torch.save(sd, path)
+    with pytest.raises(InputError, match=r"'blocks.3.attn.proj.weight' .* non-finite values") as e:
+        load_model(path, LoadOptions(arch="deit_tiny_distilled_patch16_224"))
+    assert "does not fit" not in str(e.value)
+    with pytest.raises(InputError, match=r"--image-size 60 is not a positive multiple of the patch size 16"):
+        load_model(path, LoadOptions(arch="deit_tiny_distilled_patch16_224", image_size=60))
+
+
+def test_arch_through_the_cli(tmp_path, deit):
+    import json
+
+    from typer.testing import CliRunner
+
+    from lastvit_eval.app import app
+
+    path = tmp_path / "deit.pth"
+    torch.save(deit.state_dict(), path)
+    r = CliRunner().invoke(app, ["inspect", str(path)])
+    assert r.exit_code == 2 and "pass --arch NAME (timm names that fit: deit_tiny_distilled_patch16_224)" in " ".join(
+        r.output.split())
+    r = CliRunner().invoke(app, ["inspect", str(path), "--arch", "deit_tiny_distilled_patch16_224", "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["family"] == "timm" and info["arch"]["num_prefix_tokens"] == 2 and info["details"]["head"] == "head"
