@@ -42,6 +42,8 @@ class RunRequest:
     voc_root: Path | None = None  # a PASCAL VOC devkit instead of an ImageNet-style root
     year: str = "2012"
     image_set: str | None = None  # default: trainval (Main) for boxes, val (Segmentation) for masks
+    seg_dataset: str | None = None  # zero-shot segmentation benchmark (assets/seg_datasets.json)
+    seg_root: Path | None = None  # its folder, in mmsegmentation's layout
     train: Path | None = None
     test: Path | None = None
     boxes: Path | None = None
@@ -105,6 +107,7 @@ class Plan:
     class_map: ClassMap | None = None
     text: TextClassifier | None = None
     selections: dict[str, np.ndarray] = field(default_factory=dict)  # evaluator -> test positions
+    seg: object | None = None  # segmentation.datasets.SegData when the test split is a segmentation benchmark
 
     @property
     def root(self) -> Path | None:
@@ -223,6 +226,21 @@ def _voc_split(req: RunRequest, needs: set[str]):
     return Split("test", ids, [None] * len(ids), source, paths=paths), voc
 
 
+def _seg_split(req: RunRequest, wants_train: bool, needs: set[str]):
+    """A zero-shot segmentation benchmark as the test split: images with their label files, headers checked."""
+    from .segmentation.datasets import open_dataset
+
+    if req.seg_dataset is None or req.seg_root is None:
+        raise InputError("give both --seg-dataset NAME and --seg-root DIR")
+    if wants_train or "labels" in needs:
+        raise InputError("--seg-root serves the zero-shot segmentation evaluator; the others take "
+                         "--imagenet-root / --test / --train / --voc-root")
+    seg = open_dataset(req.seg_dataset, req.seg_root, req.classnames, req.limit)
+    split = Split("test", [s.id for s in seg.samples], [None] * len(seg.samples), seg.source,
+                  paths=[s.image for s in seg.samples])
+    return split, seg
+
+
 def _file_split(path: Path, role: str) -> Split:
     from .features_io import load_features
 
@@ -316,8 +334,11 @@ def build_plan(req: RunRequest) -> Plan:
         if req.root is not None and not Path(req.root).is_dir():
             raise InputError(f"{req.root}: dataset root is not a folder" if Path(req.root).exists()
                              else f"{req.root}: dataset root does not exist")
-        voc = None
-        if req.voc_root is not None:
+        voc = seg = None
+        if req.seg_root is not None or req.seg_dataset is not None:
+            test, seg = _seg_split(req, wants_train, needs)
+            train = None
+        elif req.voc_root is not None:
             if wants_train or "labels" in needs:
                 raise InputError("--voc-root serves object discovery and segmentation evaluators; the others "
                                  "take --imagenet-root / --test / --train")
@@ -343,6 +364,7 @@ def build_plan(req: RunRequest) -> Plan:
     plan = Plan(request=req, evaluators=evaluators, model=model, poolings=poolings, pooling_default=default,
                 test=test, train=train, classes=classes, output=Path("."), declared=declared,
                 voc=None if features_mode else voc)
+    plan.seg = None if features_mode else seg
     plan.output = _run_dir(req, plan.model_name())
     _check_output_path(plan.output)
 
@@ -384,6 +406,8 @@ def _text_plan(plan: Plan) -> TextClassifier:
         kind = "feature files" if plan.model is None else f"a {plan.model.arch.family} model"
         raise InputError(f"{req.checkpoint or req.test_features}: zero-shot needs a CLIP checkpoint with a text "
                          f"tower (family openclip); this is {kind}")
+    if plan.seg is not None:
+        return _seg_text(plan)
     prompts = load_prompts(req.classnames, req.templates)
     if req.classnames is None:
         cmap = map_classes(plan.classes, len(prompts.classnames), f"{plan.test.source} (ImageNet-1k prompts)",
@@ -394,6 +418,23 @@ def _text_plan(plan: Plan) -> TextClassifier:
                              f"{len(plan.classes)} classes ({plan.test.source})")
         cmap = ClassMap(np.arange(len(plan.classes)), f"--classnames {req.classnames} in label order",
                         len(plan.classes))
+    return TextClassifier(prompts=prompts, class_map=cmap)
+
+
+def _seg_text(plan: Plan) -> TextClassifier:
+    """Queries (class names with synonyms, the protocol's or --classnames) x templates (OpenAI's 80 or
+    --templates); one classifier column per query, the class map says which class each belongs to."""
+    from .models.clip_text import Prompts, read_templates
+
+    proto, req = plan.seg.protocol, plan.request
+    prompts = proto.prompts()
+    if req.templates is not None:
+        prompts = Prompts(prompts.classnames, tuple(read_templates(req.templates)),
+                          f"{proto.name} class names x --templates {req.templates}")
+    if req.classnames is not None:
+        prompts = Prompts(prompts.classnames, prompts.templates, f"--classnames {req.classnames}; " + prompts.source)
+    cmap = ClassMap(np.asarray(proto.query_class, dtype=np.int64), f"{proto.name} queries -> classes",
+                    proto.num_classes)
     return TextClassifier(prompts=prompts, class_map=cmap)
 
 
@@ -424,6 +465,9 @@ def _stored(plan: Plan, role: str, split: Split, positions: np.ndarray) -> dict:
 
     if plan.model is None:
         return {"stored": int(len(positions)), "to_forward": 0, "features_file": split.source}
+    if not plan.taps(role) and all(e.dense for e in plan.uses(role)):
+        return {"stored": 0, "to_forward": int(len(positions)),
+                "note": "dense forward (zero-shot segmentation): not cached, every image is forwarded"}
     if not plan.request.store.enabled:
         return {"stored": 0, "to_forward": int(len(positions))}
     counts = stored_counts(plan.model, [split.paths[i] for i in positions], TapRequest(plan.poolings, plan.taps(role)),

@@ -52,6 +52,12 @@ def dataset_names() -> list[str]:
     return list(_table()["datasets"])
 
 
+def canonical_name(name: str) -> str:
+    """A command-line spelling (`coco-stuff`, `coco-object`) -> the data file's key (`coco_stuff164k`)."""
+    key = str(name).strip().lower()
+    return _table().get("aliases", {}).get(key, key.replace("-", "_"))
+
+
 def parse_class_names(text: str, source: str) -> list[list[str]]:
     """One class a line, synonyms separated by commas (the cls_*.txt format of SCLIP / NACLIP)."""
     classes = []
@@ -135,6 +141,7 @@ class SegProtocol:
 def load_protocol(name: str, variant: str = "shared", classes_file: str | Path | None = None) -> SegProtocol:
     """Settings of benchmark `name` (see `dataset_names()`); `classes_file` overrides the shipped names."""
     table = _table()
+    name = canonical_name(name)
     if name not in table["datasets"]:
         raise InputError(f"unknown segmentation dataset {name!r}; known: {', '.join(table['datasets'])}")
     if variant not in VARIANTS:
