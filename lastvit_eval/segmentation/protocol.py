@@ -115,7 +115,12 @@ class SegProtocol:
 
     @property
     def class_names(self) -> list[str]:
-        return [names[0] for names in self.classes]
+        """One name per class for tables: the first synonym, and `background` for class 0 where the
+        background is prompted through its synonyms (voc21 and coco_object list sky, wall, tree, ...)."""
+        names = [n[0] for n in self.classes]
+        if self.background:
+            names[0] = "background"
+        return names
 
     def prompts(self):
         """Queries x OpenAI's 80 ImageNet templates: SCLIP / NACLIP's `openai_imagenet_template` is the same
