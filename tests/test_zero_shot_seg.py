@@ -12,14 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from test_seg_data import _jpg, _png
+from test_seg_data import _png
 from tiny_models import tiny_clip
 
 from lastvit_eval.engine.dense_forward import DenseRequest, segment
 from lastvit_eval.engine.device import EngineSpec
 from lastvit_eval.models import LoadOptions, load_model
 from lastvit_eval.segmentation.datasets import open_dataset
-from lastvit_eval.segmentation.dense import cosine_logits, dense_embeddings, labels_from_logits
+from lastvit_eval.segmentation.dense import dense_embeddings, labels_from_logits
 from lastvit_eval.segmentation.miou import SegScores, scores_result
 from lastvit_eval.segmentation.protocol import load_protocol
 
