@@ -222,3 +222,18 @@ def test_protocol_request_uses_the_bg_threshold():
     r = ZeroShotSeg(ZeroShotSegOptions(bg_threshold=0.3)).dense_request(P)
     assert r.prob_threshold == 0.3 and r.window == 224 and r.stride == 112 and r.resize == (2048, 336)
     assert ZeroShotSeg().dense_request(P).prob_threshold == 0.1  # SCLIP / NACLIP's prob_thd on VOC21
+
+
+def test_attention_relayout_under_autocast_keeps_the_values(tiny32):
+    """The sequence-first re-storage (a speed fix, see segmentation/dense.py) changes no value: with it, the
+    bf16 autocast embeddings agree with fp32 as closely as open_clip's own bf16 autocast forward does."""
+    visual = tiny32.backbone.clip.visual
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    ref = dense_embeddings(visual, x, "plain")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = dense_embeddings(visual, x, "plain")
+        with torch.no_grad():
+            own = (visual.ln_post(visual.transformer(visual._embeds(x)))[:, 1:] @ visual.proj).float()
+    own = own.transpose(1, 2).reshape(got.shape)
+    err, err_own = (got.float() - ref).abs().max(), (own - ref).abs().max()
+    assert err <= 2 * err_own + 1e-3 and err < 0.1
