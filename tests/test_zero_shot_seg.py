@@ -237,3 +237,32 @@ def test_attention_relayout_under_autocast_keeps_the_values(tiny32):
     own = own.transpose(1, 2).reshape(got.shape)
     err, err_own = (got.float() - ref).abs().max(), (own - ref).abs().max()
     assert err <= 2 * err_own + 1e-3 and err < 0.1
+
+
+@pytest.mark.parametrize("hw", [(32, 32), (50, 70), (40, 100), (33, 47)])
+def test_separable_assembly_covers_every_pixel_with_the_overlap_average(hw):
+    """The engine's assembly (two matrices per image) against the per-pixel brute force of
+    test_seg_sliding (every window on the stride grid, shifted to fit, averaged where they overlap)."""
+    from test_seg_sliding import _brute_force, _dense_fn
+
+    from lastvit_eval.segmentation.sliding import iter_slide_logits_separable
+
+    fn, _ = _dense_fn()
+    img = torch.randn(3, *hw, generator=torch.Generator().manual_seed(hw[1]))
+    out = list(iter_slide_logits_separable([img], fn, window=32, stride=16, batch_size=3))[0]
+    np.testing.assert_allclose(out.numpy(), _brute_force(img, fn, 32, 16), atol=1e-5)
+
+
+def test_separable_assembly_equals_the_canvas_assembly_with_resizes_and_shared_batches():
+    from lastvit_eval.segmentation.sliding import iter_slide_logits, iter_slide_logits_separable
+
+    conv = torch.nn.Conv2d(3, 7, 16, 16)
+    gen = torch.Generator().manual_seed(0)
+    imgs = [torch.randn(3, *hw, generator=gen) for hw in ((336, 448), (448, 336), (224, 224), (230, 500))]
+    sizes = [(375, 500), (500, 375), (300, 250), (230, 500)]  # label maps: the resized image goes back up
+    with torch.no_grad():
+        ref = list(iter_slide_logits(imgs, conv, sizes, 224, 112, batch_size=5))
+        got = list(iter_slide_logits_separable(imgs, conv, sizes, 224, 112, batch_size=5))
+    for a, b in zip(ref, got, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)

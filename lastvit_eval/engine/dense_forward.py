@@ -35,7 +35,7 @@ from ..segmentation.dense import cosine_logits, dense_embeddings, labels_from_lo
 from ..segmentation.miou import SegScores
 from ..segmentation.predictions import write_prediction
 from ..segmentation.protocol import prepare_image
-from ..segmentation.sliding import iter_slide_logits
+from ..segmentation.sliding import iter_slide_logits_separable
 from .device import EngineSpec, autocast, resolve_device
 
 EXAMPLE_SIDE = 256  # long side of the images kept for the picture
@@ -147,7 +147,13 @@ def segment(model: LoadedModel, samples: Sequence[SegSample], decoder: LabelDeco
         out.backbone_seconds += time.perf_counter() - t1
         out.windows += len(windows)
         with torch.inference_mode():
-            return cosine_logits(emb, text_q)
+            logits = cosine_logits(emb, text_q)
+        # checked here, on the patch grid, not on the full-resolution map (a finite grid upsamples finitely)
+        if not bool(torch.isfinite(logits).all()):
+            names = ", ".join(str(samples[p[0]].image) for p in list(pending)[:3])
+            raise InputError(f"{names}: the forward pass gave non-finite values for a window of one of these "
+                             "images; the checkpoint or the --dtype overflows, so no metric is computed")
+        return logits
 
     pending: deque = deque()  # (position, label, thumbnail) of images handed to the sliding windows
 
@@ -162,17 +168,14 @@ def segment(model: LoadedModel, samples: Sequence[SegSample], decoder: LabelDeco
     save = request.save_predictions
     with image_progress(progress) as bar, torch.inference_mode():
         task = bar.add_task("zero-shot segmentation", total=len(data), rate="")
-        for logits in iter_slide_logits(images(), dense_fn, sizes, request.window, request.stride,
-                                        engine.batch_size):
+        for logits in iter_slide_logits_separable(images(), dense_fn, sizes, request.window, request.stride,
+                                                  engine.batch_size):
             i, label, thumb = pending.popleft()
             s = samples[i]
-            if not bool(torch.isfinite(logits).all()):
-                raise InputError(f"{s.image}: the forward pass gave non-finite logits; the checkpoint or the --dtype "
-                                 "overflows on this image, so no metric is computed")
             pred = labels_from_logits(logits, request.query_class, request.logit_scale, request.prob_threshold,
                                       request.area_threshold)
             label = label.to(device, non_blocking=True)
-            out.scores.update(pred, label)
+            out.scores.update(pred, label, check=False)  # labels checked when decoded; pred from query_class
             out.ids.append(s.id)
             if save is not None:
                 write_prediction(Path(save) / s.label.name, pred.cpu().numpy())

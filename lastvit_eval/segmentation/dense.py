@@ -135,8 +135,23 @@ def labels_from_logits(
     """[Q, H, W] cosine logits over queries -> [H, W] int64 class ids (class 0 = background if thresholded)."""
     if logits.shape[0] != len(query_class):
         raise ValueError(f"{logits.shape[0]} query maps for {len(query_class)} queries")
-    probs = torch.softmax(logits.float() * logit_scale, dim=0)
+    if logit_scale <= 0:
+        raise ValueError(f"logit_scale must be positive, got {logit_scale}")
     num_classes = max(query_class) + 1
+    if len(set(query_class)) != num_classes:
+        raise ValueError(f"classes without a query: {sorted(set(range(num_classes)) - set(query_class))}")
+    if area_threshold is None:
+        # The same labels without the [Q, H, W] softmax and per-class stack (the costliest full-resolution
+        # steps): exp is monotonic, so the class of the largest synonym probability is the class of the
+        # largest logit, and the largest probability is exp(s * max - logsumexp(s * logits)).
+        x = logits.float()
+        best, q = x.max(0)  # logit_scale > 0 does not move the argmax
+        pred = torch.as_tensor(query_class, dtype=torch.int64, device=x.device)[q]
+        if prob_threshold > 0:  # largest softmax value = 1 / sum(exp(s * (x - max)))
+            p_best = (x - best).mul_(logit_scale).exp_().sum(0).reciprocal_()
+            pred = torch.where(p_best < prob_threshold, torch.zeros_like(pred), pred)
+        return pred
+    probs = torch.softmax(logits.float() * logit_scale, dim=0)
     if num_classes != len(query_class):  # max over each class's synonyms
         groups: list[list[int]] = [[] for _ in range(num_classes)]
         for q, c in enumerate(query_class):

@@ -26,12 +26,21 @@ from ..result import Metric, Result
 from ..stats import bootstrap_metric
 
 
-def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
-    """[C, C] int64 counts, rows = ground truth, columns = prediction, on the inputs' device."""
+def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int = 255,
+                     check: bool = True) -> torch.Tensor:
+    """[C, C] int64 counts, rows = ground truth, columns = prediction, on the inputs' device.
+
+    `check=False` skips the range checks (each one a device synchronisation) for callers whose labels were
+    validated when decoded and whose predictions are class ids by construction; ignored pixels then go to
+    one extra bin that is dropped, with no boolean indexing."""
     if pred.shape != label.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(label.shape)} differ in shape")
     label = label.reshape(-1).long()
     pred = pred.reshape(-1).to(label.device).long()
+    if not check:
+        n = num_classes * num_classes
+        idx = torch.where(label == ignore_index, n, label * num_classes + pred)
+        return torch.bincount(idx, minlength=n + 1)[:n].view(num_classes, num_classes)
     keep = label != ignore_index
     label, pred = label[keep], pred[keep]
     if label.numel() and (int(label.min()) < 0 or int(label.max()) >= num_classes):
@@ -61,11 +70,12 @@ class SegScores:
     _areas: list = field(default_factory=list, repr=False)  # per image [3, C]: intersection, label, prediction
     _host: np.ndarray | None = field(default=None, repr=False)  # _areas stacked on the host, once read
 
-    def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
-        """One image: predicted class ids and ground truth of the same [H, W] shape."""
+    def update(self, pred: torch.Tensor, label: torch.Tensor, check: bool = True) -> None:
+        """One image: predicted class ids and ground truth of the same [H, W] shape (`check`: see
+        `confusion_matrix`)."""
         if self.device is not None:
             pred, label = pred.to(self.device), label.to(self.device)
-        cm = confusion_matrix(pred, label, self.num_classes, self.ignore_index)
+        cm = confusion_matrix(pred, label, self.num_classes, self.ignore_index, check)
         self.confusion = cm if self.confusion is None else self.confusion + cm
         self._areas.append(torch.stack([torch.diagonal(cm), cm.sum(1), cm.sum(0)]))
         self._host = None
