@@ -15,6 +15,7 @@ PARTS = [
     ("bench_knn_probe.md", "python benchmarks/bench_knn_probe.py"),
     ("bench_knn_probe_imagenet.md", "python benchmarks/bench_knn_probe.py --n-train 1280000 --n-test 10000 "
      "--no-sklearn --repeats 1 --out results/bench_knn_probe_imagenet.md"),
+    ("bench_zero_shot_seg.md", "python benchmarks/bench_zero_shot_seg.py"),
     ("bench_demo.md", "see the file"),
     ("demo_training.md", "python -m lastvit_eval.demo.train_tiny --out lastvit_eval/demo/checkpoints --threads 1"),
 ]
