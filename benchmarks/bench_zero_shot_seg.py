@@ -135,9 +135,9 @@ def main() -> None:
         "",
         f"Goal: under 20% of the time outside the backbone; median {100 * med_share:.1f}% "
         f"({'met' if med_share < 0.2 else 'not met'}). Outside the tower: JPEG/PNG decode and the keep-ratio "
-        "resize (in the main process), the cosine with the text classifier, each window's logits upsampled to "
-        "224x224 and summed into the image canvas, the canvas upsampled to the label map, softmax over "
-        "queries, max over synonyms, argmax, background threshold, and the per-image confusion counts.", "",
+        "resize (in the main process), copying windows into the batch, the cosine with the text classifier, the "
+        "window assembly to the label map (two matrices per image), the largest logit per pixel, the background "
+        "threshold (one exp per query and pixel), and the per-image confusion counts.", "",
         f"Command: `PYTHONPATH=. python benchmarks/bench_zero_shot_seg.py --images {a.images} --rounds {a.rounds} "
         f"--batch-size {a.batch_size}`", "",
     ]

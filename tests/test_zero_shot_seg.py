@@ -266,3 +266,18 @@ def test_separable_assembly_equals_the_canvas_assembly_with_resizes_and_shared_b
     for a, b in zip(ref, got, strict=True):
         assert a.shape == b.shape
         torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+
+
+@pytest.mark.gpu
+def test_cuda_path_gives_the_cpu_counts(tmp_path, tiny32):
+    make_layout(tmp_path, "voc21", n=2, size=(40, 70))
+    seg = open_dataset("voc21", tmp_path)
+    proto = seg.protocol
+    text = _text(tiny32, len(proto.query_class))
+    cpu = segment(tiny32, seg.samples, seg.decoder, text, _request(proto), EngineSpec(device="cpu"), workers=0)
+    gpu = segment(tiny32, seg.samples, seg.decoder, text, _request(proto), EngineSpec(device="cuda"), workers=1)
+    tiny32.backbone.cpu()
+    assert gpu.device.startswith("cuda") and gpu.scores.confusion.device.type == "cuda"
+    g, c = gpu.scores.confusion.cpu().numpy(), cpu.scores.confusion.numpy()
+    np.testing.assert_array_equal(g.sum(1), c.sum(1))  # the same labelled pixels per class
+    assert np.abs(g - c).sum() <= 0.01 * c.sum()  # TF32 / kernel differences may flip a few near-ties

@@ -146,10 +146,10 @@ def labels_from_logits(
         # largest logit, and the largest probability is exp(s * max - logsumexp(s * logits)).
         x = logits.float()
         best, q = x.max(0)  # logit_scale > 0 does not move the argmax
-        pred = torch.as_tensor(query_class, dtype=torch.int64, device=x.device)[q]
+        pred = q if num_classes == len(query_class) else torch.as_tensor(query_class, device=x.device)[q]
         if prob_threshold > 0:  # largest softmax value = 1 / sum(exp(s * (x - max)))
             p_best = (x - best).mul_(logit_scale).exp_().sum(0).reciprocal_()
-            pred = torch.where(p_best < prob_threshold, torch.zeros_like(pred), pred)
+            pred = pred.masked_fill_(p_best < prob_threshold, 0)
         return pred
     probs = torch.softmax(logits.float() * logit_scale, dim=0)
     if num_classes != len(query_class):  # max over each class's synonyms

@@ -169,8 +169,17 @@ def iter_slide_logits_separable(
     pending: list[dict] = []
     queue: list[tuple[dict, int, int, tuple[int, int, int, int]]] = []
 
+    buf: list[torch.Tensor] = []  # one window batch, reused (a fresh 20 MB tensor per batch costs page faults)
+
     def run(batch) -> None:
-        crops = torch.stack([st["image"][:, y1:y2, x1:x2] for st, _, _, (y1, x1, y2, x2) in batch])
+        first = batch[0][0]["image"]
+        y1, x1, y2, x2 = batch[0][3]
+        shape = (len(batch), first.shape[0], y2 - y1, x2 - x1)
+        if not buf or buf[0].shape[1:] != shape[1:] or buf[0].shape[0] < shape[0] or buf[0].device != first.device:
+            buf[:] = [first.new_empty((max(shape[0], batch_size), *shape[1:]))]
+        crops = buf[0][:len(batch)]
+        for k, (st, _, _, (y1, x1, y2, x2)) in enumerate(batch):
+            crops[k].copy_(st["image"][:, y1:y2, x1:x2])
         grids = dense_fn(crops)
         if grids.ndim != 4 or grids.shape[0] != len(batch) or grids.shape[-1] != grids.shape[-2]:
             raise ValueError(f"dense_fn returned shape {tuple(grids.shape)} for {len(batch)} windows")
