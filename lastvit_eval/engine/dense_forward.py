@@ -115,6 +115,25 @@ def _one(item):
     return item
 
 
+PREFETCH = 3  # images decoded ahead by the decode thread when there are no worker processes
+
+
+def _threaded(data: Dataset, ahead: int):
+    """Decode in one background thread, a few images ahead, in order. PIL decoding and torch's resize
+    release the GIL, so this overlaps with the tower where a worker process would not pay off (2-core
+    CPUs: the engine's default is no worker process)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seg-decode") as pool:
+        futures: deque = deque()
+        for i in range(len(data)):
+            futures.append(pool.submit(data.__getitem__, i))
+            if len(futures) > ahead:
+                yield futures.popleft().result()
+        while futures:
+            yield futures.popleft().result()
+
+
 def segment(model: LoadedModel, samples: Sequence[SegSample], decoder: LabelDecoder, text: np.ndarray,
             request: DenseRequest, engine: EngineSpec, progress: bool = False, workers: int | None = None
             ) -> DenseOutput:
@@ -132,9 +151,11 @@ def segment(model: LoadedModel, samples: Sequence[SegSample], decoder: LabelDeco
     data = _SegImages(samples, decoder, request.resize, t.mean, t.std, request.examples)
     n_workers = default_workers(device.type) if workers is None and engine.workers is None else (
         workers if workers is not None else engine.workers)
-    loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=n_workers, collate_fn=_one,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if n_workers else None,
-                        persistent_workers=False)
+    if n_workers > 0:
+        loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=n_workers, collate_fn=_one,
+                            pin_memory=device.type == "cuda", prefetch_factor=4, persistent_workers=False)
+    else:
+        loader = _threaded(data, PREFETCH)
     out = DenseOutput(SegScores(request.num_classes, request.ignore_index, device=device), [], device=str(device))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
