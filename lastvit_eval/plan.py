@@ -335,7 +335,7 @@ def build_plan(req: RunRequest) -> Plan:
             raise InputError(f"{req.root}: dataset root is not a folder" if Path(req.root).exists()
                              else f"{req.root}: dataset root does not exist")
         voc = seg = None
-        if req.seg_root is not None or req.seg_dataset is not None:
+        if req.seg_root is not None or req.seg_dataset is not None or any(e.dense for e in evaluators):
             test, seg = _seg_split(req, wants_train, needs)
             train = None
         elif req.voc_root is not None:

@@ -116,6 +116,11 @@ def test_bad_inputs_exit_2_with_one_line(voc, clip224, tmp_path, no_forward, arg
     assert message in r.output and len(r.output.strip().splitlines()) == 1, r.output
 
 
+def test_missing_dataset_options_exit_2(clip224, tmp_path, no_forward):
+    r = runner.invoke(app, ["zero-shot-seg", "-c", str(clip224), "--seg-dataset", "voc21", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "give both --seg-dataset NAME and --seg-root DIR" in r.output, r.output
+
+
 def test_non_clip_checkpoint_and_mismatched_label_exit_2(voc, clip224, detectron2_ckpt, tmp_path, no_forward):
     root, pairs, template = voc
     r = runner.invoke(app, ["zero-shot-seg", "-c", str(detectron2_ckpt), "--seg-dataset", "voc21", "--seg-root",
