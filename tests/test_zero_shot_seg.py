@@ -281,3 +281,17 @@ def test_cuda_path_gives_the_cpu_counts(tmp_path, tiny32):
     g, c = gpu.scores.confusion.cpu().numpy(), cpu.scores.confusion.numpy()
     np.testing.assert_array_equal(g.sum(1), c.sum(1))  # the same labelled pixels per class
     assert np.abs(g - c).sum() <= 0.01 * c.sum()  # TF32 / kernel differences may flip a few near-ties
+
+
+def test_benchmark_data_is_a_valid_voc_layout(tmp_path):
+    """What benchmarks/bench_zero_shot_seg.py times: its generated folder passes the plan's checks."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_zero_shot_seg
+
+    bench_zero_shot_seg.make_voc(tmp_path, 3)
+    seg = open_dataset("voc21", tmp_path)
+    assert len(seg.samples) == 3 and seg.sizes[0] == (500, 375) and seg.sizes[1] == (375, 500)
+    lab = np.asarray(Image.open(seg.samples[1].label))
+    assert Image.open(seg.samples[1].label).mode == "P" and 255 in lab and (lab[lab != 255] <= 20).all()
