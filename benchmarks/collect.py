@@ -17,6 +17,7 @@ PARTS = [
      "--no-sklearn --repeats 1 --out results/bench_knn_probe_imagenet.md"),
     ("bench_corloc.md", "python benchmarks/bench_corloc.py --images 500 --rounds 2"),
     ("bench_arch_fit.md", "python benchmarks/bench_arch_fit.py"),
+    ("bench_zero_shot_seg.md", "python benchmarks/bench_zero_shot_seg.py"),
     ("bench_demo.md", "see the file"),
     ("demo_training.md", "python -m lastvit_eval.demo.train_tiny --out lastvit_eval/demo/checkpoints --threads 1"),
 ]

@@ -99,7 +99,11 @@ def execute(plan: Plan) -> RunOutput | None:
 
 
 def _execute(plan: Plan, positions: np.ndarray, main: bool) -> RunOutput | None:
-    test_feats, test_ids = _split_features(plan, "test", positions)
+    if _dense_only(plan):  # no tap to extract: the dense forward below is the only pass over the images
+        test_feats = Features(index=np.arange(len(positions)), arrays={}, device="dense forward")
+        test_ids = [plan.test.ids[i] for i in positions]
+    else:
+        test_feats, test_ids = _split_features(plan, "test", positions)
     train_feats = train_ids = None
     if plan.train is not None and plan.uses("train"):
         train_feats, train_ids = _split_features(plan, "train", np.arange(plan.train.size))
@@ -109,11 +113,14 @@ def _execute(plan: Plan, positions: np.ndarray, main: bool) -> RunOutput | None:
         raise InputError(f"{plan.test.source}: every selected image failed to decode")
     if plan.text is not None:
         _build_text(plan)
+    dense = _dense_outputs(plan)
     test_labels = plan.labels(plan.test)[positions]
     skipped_ids = {Path(p).stem for p, _ in test_feats.bad}
     row_of = {test_ids[i]: r for r, i in enumerate(test_feats.index)}
     out = RunOutput(plan=plan, out_dir=plan.output)
     out.extraction = {"test": _extraction_info(test_feats)}
+    for name, d in dense.items():
+        out.extraction[f"dense:{name}"] = d.info()
     if train_feats is not None:
         out.extraction["train"] = _extraction_info(train_feats)
         train_labels = plan.labels(plan.train)
@@ -127,7 +134,7 @@ def _execute(plan: Plan, positions: np.ndarray, main: bool) -> RunOutput | None:
             if "train" in ev.splits:
                 train_in = _inputs_for(train_feats, train_ids, train_labels, spec.name, None)
             inputs = Inputs(pooling=spec, test=test_in, train=train_in, classes=plan.classes, plan=plan,
-                            skipped=sorted(skipped_ids & set(wanted)))
+                            skipped=sorted(skipped_ids & set(wanted)), dense=dense.get(ev.name))
             result = ev.evaluate(inputs)
             result.evaluator = ev.name
             for key, metric in result.metrics.items():
@@ -139,6 +146,26 @@ def _execute(plan: Plan, positions: np.ndarray, main: bool) -> RunOutput | None:
         out.records[spec.name] = write_run(plan.output / spec.name, results, _provenance(plan, spec, test_feats),
                                            run_name=f"{plan.output.name}-{spec.name}")
     atomic_write_text(plan.output / "plan.json", json.dumps(_plan_record(plan), indent=2, default=str) + "\n")
+    return out
+
+
+def _dense_only(plan: Plan) -> bool:
+    users = plan.uses("test")
+    return bool(users) and not plan.taps("test") and all(e.dense for e in users)
+
+
+def _dense_outputs(plan: Plan) -> dict:
+    """The engine's dense forward, once per dense evaluator, over the images that evaluator selected."""
+    out = {}
+    for ev in plan.evaluators:
+        request = ev.dense_request(plan)
+        if request is None:
+            continue
+        from .engine.dense_forward import segment
+
+        samples = [plan.seg.samples[i] for i in plan.selections[ev.name]]
+        out[ev.name] = segment(plan.model, samples, plan.seg.decoder, plan.text.weights, request, plan.engine,
+                               progress=plan.request.progress)
     return out
 
 

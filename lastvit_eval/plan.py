@@ -45,6 +45,8 @@ class RunRequest:
     coco_root: Path | None = None  # folder holding the COCO images named by the annotations' file_name
     coco_annotations: Path | None = None  # COCO instances json (pycocotools)
     image_list: Path | None = None  # COCO subset: LOST's COCO20k file-name list (or integer ids)
+    seg_dataset: str | None = None  # zero-shot segmentation benchmark (assets/seg_datasets.json)
+    seg_root: Path | None = None  # its folder, in mmsegmentation's layout
     train: Path | None = None
     test: Path | None = None
     boxes: Path | None = None
@@ -109,6 +111,7 @@ class Plan:
     class_map: ClassMap | None = None
     text: TextClassifier | None = None
     selections: dict[str, np.ndarray] = field(default_factory=dict)  # evaluator -> test positions
+    seg: object | None = None  # segmentation.datasets.SegData when the test split is a segmentation benchmark
 
     @property
     def root(self) -> Path | None:
@@ -272,6 +275,21 @@ def _resolution(evaluators, model: LoadedModel, engine: EngineSpec) -> LoadedMod
     return full_resolution(model)
 
 
+def _seg_split(req: RunRequest, wants_train: bool, needs: set[str]):
+    """A zero-shot segmentation benchmark as the test split: images with their label files, headers checked."""
+    from .segmentation.datasets import open_dataset
+
+    if req.seg_dataset is None or req.seg_root is None:
+        raise InputError("give both --seg-dataset NAME and --seg-root DIR")
+    if wants_train or "labels" in needs:
+        raise InputError("--seg-root serves the zero-shot segmentation evaluator; the others take "
+                         "--imagenet-root / --test / --train / --voc-root")
+    seg = open_dataset(req.seg_dataset, req.seg_root, req.classnames, req.limit)
+    split = Split("test", [s.id for s in seg.samples], [None] * len(seg.samples), seg.source,
+                  paths=[s.image for s in seg.samples])
+    return split, seg
+
+
 def _file_split(path: Path, role: str) -> Split:
     from .features_io import load_features
 
@@ -385,8 +403,11 @@ def build_plan(req: RunRequest) -> Plan:
         if req.root is not None and not Path(req.root).is_dir():
             raise InputError(f"{req.root}: dataset root is not a folder" if Path(req.root).exists()
                              else f"{req.root}: dataset root does not exist")
-        voc = coco = None
-        if req.coco_annotations is not None or req.coco_root is not None or req.image_list is not None:
+        voc = coco = seg = None
+        if req.seg_root is not None or req.seg_dataset is not None or any(e.dense for e in evaluators):
+            test, seg = _seg_split(req, wants_train, needs)
+            train = None
+        elif req.coco_annotations is not None or req.coco_root is not None or req.image_list is not None:
             if req.voc_root is not None or wants_train or "labels" in needs:
                 raise InputError("--coco-root / --coco-annotations / --image-list serve object discovery (corloc), "
                                  "without --voc-root")
@@ -419,6 +440,7 @@ def build_plan(req: RunRequest) -> Plan:
     plan = Plan(request=req, evaluators=evaluators, model=model, poolings=poolings, pooling_default=default,
                 test=test, train=train, classes=classes, output=Path("."), declared=declared,
                 voc=None if features_mode else voc, coco=None if features_mode else coco)
+    plan.seg = None if features_mode else seg
     plan.output = _run_dir(req, plan.model_name())
     _check_output_path(plan.output)
 
@@ -460,10 +482,6 @@ def _text_plan(plan: Plan) -> TextClassifier:
         kind = "feature files" if plan.model is None else f"a {plan.model.arch.family} model"
         raise InputError(f"{req.checkpoint or req.test_features}: zero-shot needs a CLIP checkpoint with a text "
                          f"tower (family openclip); this is {kind}")
-    tokenizer = (getattr(plan.model.backbone, "details", None) or {}).get("tokenizer")
-    if tokenizer:  # e.g. SigLIP: open_clip's SimpleTokenizer would give other token ids, hence wrong class vectors
-        raise InputError(f"{req.checkpoint}: zero-shot with this text tower needs the {tokenizer!r} tokenizer; only "
-                         "open_clip's SimpleTokenizer (OpenAI BPE) is supported")
     prompts = load_prompts(req.classnames, req.templates)
     if req.classnames is None:
         cmap = map_classes(plan.classes, len(prompts.classnames), f"{plan.test.source} (ImageNet-1k prompts)",
@@ -474,6 +492,23 @@ def _text_plan(plan: Plan) -> TextClassifier:
                              f"{len(plan.classes)} classes ({plan.test.source})")
         cmap = ClassMap(np.arange(len(plan.classes)), f"--classnames {req.classnames} in label order",
                         len(plan.classes))
+    return TextClassifier(prompts=prompts, class_map=cmap)
+
+
+def _seg_text(plan: Plan) -> TextClassifier:
+    """Queries (class names with synonyms, the protocol's or --classnames) x templates (OpenAI's 80 or
+    --templates); one classifier column per query, the class map says which class each belongs to."""
+    from .models.clip_text import Prompts, read_templates
+
+    proto, req = plan.seg.protocol, plan.request
+    prompts = proto.prompts()
+    if req.templates is not None:
+        prompts = Prompts(prompts.classnames, tuple(read_templates(req.templates)),
+                          f"{proto.name} class names x --templates {req.templates}")
+    if req.classnames is not None:
+        prompts = Prompts(prompts.classnames, prompts.templates, f"--classnames {req.classnames}; " + prompts.source)
+    cmap = ClassMap(np.asarray(proto.query_class, dtype=np.int64), f"{proto.name} queries -> classes",
+                    proto.num_classes)
     return TextClassifier(prompts=prompts, class_map=cmap)
 
 
@@ -504,6 +539,9 @@ def _stored(plan: Plan, role: str, split: Split, positions: np.ndarray) -> dict:
 
     if plan.model is None:
         return {"stored": int(len(positions)), "to_forward": 0, "features_file": split.source}
+    if not plan.taps(role) and all(e.dense for e in plan.uses(role)):
+        return {"stored": 0, "to_forward": int(len(positions)),
+                "note": "dense forward (zero-shot segmentation): not cached, every image is forwarded"}
     if not plan.request.store.enabled:
         return {"stored": 0, "to_forward": int(len(positions))}
     from .engine.full_res import uses_store

@@ -122,7 +122,7 @@ def test_result_tables_and_rows():
     r = scores_result(s, [f"c{c}" for c in range(C)], ids, namespace="zero_shot_seg.voc20", n_resamples=100)
     miou, acc, inter, union = _brute_force(preds, labels)
     assert r.metrics["zero_shot_seg.voc20.miou"].value == pytest.approx(miou)
-    assert r.metrics["zero_shot_seg.voc20.pixel_accuracy"].value == pytest.approx(acc)
+    assert r.metrics["zero_shot_seg.voc20.pixel_acc"].value == pytest.approx(acc)
     table = r.tables["per_class"]
     np.testing.assert_array_equal(table["intersection"], inter)
     np.testing.assert_array_equal(table["union"], union)

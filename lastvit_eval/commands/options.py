@@ -182,3 +182,24 @@ MaskTop = Annotated[list[float] | None, _opt("--mask-top", help="artifacts: drop
 MaskBottom = Annotated[list[float] | None, _opt("--mask-bottom", help="artifacts: drop this fraction of the "
                                                 "lowest-scoring patches and re-run the forward (repeatable).",
                                                 panel=ART)]
+
+ZSS = "Zero-shot segmentation"
+SegDataset = Annotated[str | None, _opt("--seg-dataset", help="voc20 | voc21 | context59 | context60 | coco-object | "
+                                        "coco-stuff | cityscapes | ade20k (settings: assets/seg_datasets.json).",
+                                        panel=ZSS)]
+SegRoot = Annotated[Path | None, _opt("--seg-root", help="The dataset folder in mmsegmentation's layout (or a "
+                                      "parent such as VOCdevkit).", panel=ZSS)]
+Dense = Annotated[str, _opt("--dense", help="plain (final tokens after ln_post through proj; the paper) or maskclip "
+                            "(the last block's value path; the training-free baseline).", panel=ZSS)]
+BgThreshold = Annotated[float | None, _opt("--bg-threshold", help="Datasets with a background class: pixels whose "
+                                           "best class probability is under this become background (default: the "
+                                           "protocol's 0.1).", panel=ZSS)]
+SavePredictions = Annotated[Path | None, _opt("--save-predictions", help="Write one palette PNG per image (class ids, "
+                                              "label map size, the label file's name) into this folder.", panel=ZSS)]
+SegLimit = Annotated[int | None, _opt("--max-images", "--limit", help="Score only the first N images (quick runs).",
+                                      panel=ZSS)]
+SegClassnames = Annotated[Path | None, _opt("--classnames", help="Class names, one class a line in label order, "
+                                            "synonyms separated by commas (default: the shipped seg_cls_*.txt).",
+                                            panel=ZSS)]
+SegTemplates = Annotated[Path | None, _opt("--templates", help="Prompt templates, one per line with {c} (default: "
+                                           "the 80 OpenAI ImageNet templates).", panel=ZSS)]

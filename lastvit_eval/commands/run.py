@@ -1,5 +1,5 @@
 """`lastvit-eval run -e a,b` and its thin aliases: `patch-hit`, `knn`, `linear-probe`, `classify`, `zero-shot`,
-`artifacts`, ...
+`artifacts`, `zero-shot-seg`, ...
 
 Every alias is `run -e NAME` with the options that evaluator uses; all go through `run_command`:
 parse -> RunRequest -> build_plan (every check, no forward) -> --dry-run or execute -> console summary.
@@ -145,6 +145,10 @@ def precheck(evaluators: list[str], kw: dict) -> None:
     ckpt = get_("checkpoint")
     if ckpt and not str(ckpt).startswith(("torchvision:", "timm:", "openclip:")) and not Path(ckpt).exists():
         raise InputError(f"{ckpt}: checkpoint file not found")
+    seg_root = get_("seg_root")
+    if seg_root is not None and not Path(seg_root).is_dir():
+        raise InputError(f"{seg_root}: --seg-root is not a folder" if Path(seg_root).exists()
+                         else f"{seg_root}: --seg-root does not exist")
     root = get_("imagenet_root")
     if ckpt and root is not None and not Path(root).is_dir():
         raise InputError(f"{root}: dataset root is not a folder" if Path(root).exists()
@@ -179,6 +183,8 @@ def run_command(evaluators: list[str], kw: dict) -> None:
         root=get_("imagenet_root"), split=get_("split") or "val", train=get_("train"), test=get_("test"),
         voc_root=get_("voc_root"), year=str(get_("year") or "2012"), image_set=get_("image_set"),
         coco_root=get_("coco_root"), coco_annotations=get_("coco_annotations"), image_list=get_("image_list"),
+        seg_dataset=get_("seg_dataset"), seg_root=get_("seg_root"),
+        dataset_name=_seg_dataset_name(get_("seg_dataset")),
         boxes=get_("boxes"), masks=get_("masks"), train_per_class=get_("train_per_class"), limit=get_("limit"),
         seed=get_("seed") or 0, train_features=get_("train_features"), test_features=get_("test_features"),
         class_map=get_("class_map"), classnames=get_("classnames"), templates=get_("templates"),
@@ -195,6 +201,14 @@ def run_command(evaluators: list[str], kw: dict) -> None:
         out = execute(plan)
     if out is not None:
         _summarize(out, bool(get_("json")))
+
+
+def _seg_dataset_name(name: str | None) -> str | None:
+    if name is None:
+        return None
+    from ..segmentation.protocol import canonical_name
+
+    return canonical_name(name)
 
 
 def _print_plan(d: dict, as_json: bool) -> None:
@@ -253,6 +267,8 @@ def run(
     method: o.Method = "last-votes", vote_std: o.VoteStd = 1.0, vote_threshold: o.VoteThreshold = None,
     resolution: o.Resolution = None, k_patches: o.KPatches = 100, dinoseg_head: o.DinosegHead = 4,
     threshold: o.Threshold = None,
+    seg_dataset: o.SegDataset = None, seg_root: o.SegRoot = None, dense: o.Dense = "plain",
+    bg_threshold: o.BgThreshold = None, save_predictions: o.SavePredictions = None,
     ks: o.Ks = "10,20,100,200", temperature: o.Temperature = 0.07,
     weight_decays: o.WeightDecays = None, solver: o.Solver = "lbfgs", holdout_fraction: o.HoldoutFraction = 0.1,
     probe_precision: o.ProbePrecision = "bf16", lrs: o.Lrs = None,
@@ -417,7 +433,7 @@ def coarse_seg(
 def artifacts(
     checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
     num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
-    quick_gelu: o.QuickGelu = None,
+    quick_gelu: o.QuickGelu = None, arch: o.Arch = None, image_size: o.ImageSize = None,
     pooling: o.Pooling = None, topk: o.TopK = None, sigma: o.Sigma = None, score_formula: o.ScoreFormula = None,
     imagenet_root: o.Root = None, split: o.Split = "val", test: o.Test = None, limit: o.Limit = None,
     seed: o.Seed = 0, class_map: o.ClassMap = None, boxes: o.Boxes = None, masks: o.Masks = None,
@@ -434,6 +450,27 @@ def artifacts(
 ) -> None:
     """High-norm artifact tokens per image (norms, outliers, where they sit) and the patch-masking probe."""
     run_command(["artifacts"], locals())
+
+
+@app.command("zero-shot-seg")
+def zero_shot_seg(
+    checkpoint: o.Checkpoint = None, trust_checkpoint: o.TrustCheckpoint = False, ignore_keys: o.IgnoreKeys = None,
+    num_heads: o.NumHeads = None, checkpoint_key: o.CheckpointKey = None, family: o.Family = None,
+    quick_gelu: o.QuickGelu = None, arch: o.Arch = None, image_size: o.ImageSize = None,
+    seg_dataset: o.SegDataset = None, seg_root: o.SegRoot = None, dense: o.Dense = "plain",
+    bg_threshold: o.BgThreshold = None, save_predictions: o.SavePredictions = None, limit: o.SegLimit = None,
+    classnames: o.SegClassnames = None, templates: o.SegTemplates = None, seed: o.Seed = 0,
+    device: o.Device = "auto", dtype: o.Dtype = "fp32", batch_size: o.BatchSize = 64, workers: o.Workers = None,
+    cache_dir: o.CacheDir = None, no_cache: o.NoCache = False,
+    output_dir: o.OutputDir = None, run_name: o.RunName = None, overwrite: o.Overwrite = False,
+    dry_run: o.DryRun = False, json: o.Json = False, no_progress: o.NoProgress = False,
+) -> None:
+    """Training-free zero-shot segmentation (SCLIP/NACLIP protocol): mIoU of dense CLIP features vs class prompts.
+
+    Results go to <output>/cls/ (pooling plays no part here). The feature store keeps only the text
+    classifier (per-pixel outputs are not cached); --batch-size counts 224x224 windows.
+    """
+    run_command(["zero-shot-seg"], {**locals(), "pooling": ["cls"]})
 
 
 @app.command("evaluators")

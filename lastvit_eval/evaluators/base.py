@@ -15,6 +15,8 @@ An evaluator declares what it needs and the pipeline (`plan.py` -> `engine/` -> 
 * `select(plan)`: which test images it evaluates (None: every labelled one), so a single-evaluator run
   forwards only those.
 * `evaluate(inputs) -> Result`.
+* `dense` / `dense_request(plan)`: an evaluator that scores per pixel (zero-shot segmentation) asks the
+  engine's dense forward (`engine/dense_forward.py`) instead of taps; its output arrives as `inputs.dense`.
 
 An evaluator never loads images or checkpoints: the arrays it gets were computed once for every
 evaluator of the run (and are usually read back from the feature store).
@@ -88,6 +90,7 @@ class Inputs:
     classes: list[str]  # label index -> class name (wnid where known)
     plan: Plan  # read-only: annotations, class map, grid, seed, device
     skipped: list[str] = field(default_factory=list)  # test image ids that failed to decode
+    dense: Any = None  # engine.dense_forward.DenseOutput for evaluators with `dense = True`
 
 
 class Evaluator:
@@ -98,6 +101,7 @@ class Evaluator:
     needs: ClassVar[frozenset[str]] = frozenset()
     metrics: ClassVar[dict[str, MetricInfo]] = {}
     Options: ClassVar[type] = NoOptions
+    dense: ClassVar[bool] = False  # True: scored by the engine's dense forward (see dense_request)
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -111,6 +115,10 @@ class Evaluator:
 
     def select(self, plan: Plan) -> list[str] | None:
         """Test image ids this evaluator scores; None: every test image with a label."""
+        return None
+
+    def dense_request(self, plan: Plan) -> Any:
+        """For `dense` evaluators: the engine.dense_forward.DenseRequest to run; None for tap evaluators."""
         return None
 
     def evaluate(self, inputs: Inputs) -> Result:

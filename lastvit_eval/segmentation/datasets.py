@@ -152,3 +152,60 @@ def read_label(path: str | Path, decoder: LabelDecoder) -> np.ndarray:
     except (OSError, UnidentifiedImageError) as e:
         raise InputError(f"{path}: cannot read label image ({e.__class__.__name__})") from e
     return decoder(raw, path)
+
+
+def check_pairs(protocol: SegProtocol, samples: list[SegSample]) -> list[tuple[int, int]]:
+    """Before any forward pass (headers only): every image and label opens, the label is a class-index
+    image of the image's size, and the protocol's resize leaves at least one whole window per side (the
+    tower's positional embedding is not interpolated). Returns each label's (H, W)."""
+    from .protocol import rescale_size
+
+    sizes = []
+    for s in samples:
+        try:
+            with Image.open(s.image) as im:
+                w, h = im.size
+        except (OSError, UnidentifiedImageError) as e:
+            raise InputError(f"{s.image}: cannot read image ({e.__class__.__name__})") from e
+        try:
+            with Image.open(s.label) as lab:
+                lw, lh, mode = lab.size[0], lab.size[1], lab.mode
+        except (OSError, UnidentifiedImageError) as e:
+            raise InputError(f"{s.label}: cannot read label image ({e.__class__.__name__})") from e
+        if mode not in ("P", "L", "I", "I;16"):
+            raise InputError(f"{s.label}: label image mode {mode} is not class indices (need a palette or grayscale PNG)")
+        if (lh, lw) != (h, w):
+            raise InputError(f"{s.label}: label is {lw}x{lh} but its image {s.image.name} is {w}x{h}")
+        if protocol.window:
+            rh, rw = rescale_size(h, w, protocol.resize) if protocol.resize else (h, w)
+            if min(rh, rw) < protocol.window:
+                raise InputError(f"{s.image}: {rw}x{rh} after the protocol's resize, smaller than the "
+                                 f"{protocol.window}-pixel window")
+        sizes.append((lh, lw))
+    return sizes
+
+
+@dataclass
+class SegData:
+    """A segmentation benchmark as a run's test split: protocol, samples in order, label decoder."""
+
+    protocol: SegProtocol
+    root: Path
+    samples: list[SegSample]
+    decoder: LabelDecoder
+    sizes: list[tuple[int, int]]  # label (H, W) of the checked samples
+
+    @property
+    def source(self) -> str:
+        return f"{self.root} ({self.protocol.name})"
+
+
+def open_dataset(name: str, root: str | Path, classes_file: str | Path | None = None,
+                 limit: int | None = None) -> SegData:
+    """Protocol + listing + header checks (of the first `limit` samples, the ones a limited run scores)."""
+    from .protocol import load_protocol
+
+    protocol = load_protocol(name, classes_file=classes_file)
+    samples, decoder = list_samples(protocol, root)
+    sizes = check_pairs(protocol, samples[:limit] if limit else samples)
+    return SegData(protocol, Path(root), samples, decoder, sizes)

@@ -26,12 +26,21 @@ from ..result import Metric, Result
 from ..stats import bootstrap_metric
 
 
-def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
-    """[C, C] int64 counts, rows = ground truth, columns = prediction, on the inputs' device."""
+def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int = 255,
+                     check: bool = True) -> torch.Tensor:
+    """[C, C] int64 counts, rows = ground truth, columns = prediction, on the inputs' device.
+
+    `check=False` skips the range checks (each one a device synchronisation) for callers whose labels were
+    validated when decoded and whose predictions are class ids by construction; ignored pixels then go to
+    one extra bin that is dropped, with no boolean indexing."""
     if pred.shape != label.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(label.shape)} differ in shape")
     label = label.reshape(-1).long()
     pred = pred.reshape(-1).to(label.device).long()
+    if not check:
+        n = num_classes * num_classes
+        idx = torch.where(label == ignore_index, n, label * num_classes + pred)
+        return torch.bincount(idx, minlength=n + 1)[:n].view(num_classes, num_classes)
     keep = label != ignore_index
     label, pred = label[keep], pred[keep]
     if label.numel() and (int(label.min()) < 0 or int(label.max()) >= num_classes):
@@ -48,33 +57,57 @@ def _iou(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
 
 @dataclass
 class SegScores:
-    """Accumulates images; `summary()` gives mIoU, aAcc and per-class IoU (percent)."""
+    """Accumulates images; `summary()` gives mIoU, aAcc and per-class IoU (percent).
+
+    The confusion matrix and the per-image areas stay on the inputs' device until they are read (one
+    transfer for the whole dataset, not one synchronisation per image).
+    """
 
     num_classes: int
     ignore_index: int = 255
     device: torch.device | str | None = None
     confusion: torch.Tensor | None = None
-    intersections: list[np.ndarray] = field(default_factory=list)  # per image [C]
-    unions: list[np.ndarray] = field(default_factory=list)
-    labelled: list[int] = field(default_factory=list)  # per image: pixels not ignored
-    correct: list[int] = field(default_factory=list)
+    _areas: list = field(default_factory=list, repr=False)  # per image [3, C]: intersection, label, prediction
+    _host: np.ndarray | None = field(default=None, repr=False)  # _areas stacked on the host, once read
 
-    def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
-        """One image: predicted class ids and ground truth of the same [H, W] shape."""
+    def update(self, pred: torch.Tensor, label: torch.Tensor, check: bool = True) -> None:
+        """One image: predicted class ids and ground truth of the same [H, W] shape (`check`: see
+        `confusion_matrix`)."""
         if self.device is not None:
             pred, label = pred.to(self.device), label.to(self.device)
-        cm = confusion_matrix(pred, label, self.num_classes, self.ignore_index)
+        cm = confusion_matrix(pred, label, self.num_classes, self.ignore_index, check)
         self.confusion = cm if self.confusion is None else self.confusion + cm
-        cm = cm.cpu().numpy()
-        inter = np.diag(cm)
-        self.intersections.append(inter)
-        self.unions.append(cm.sum(0) + cm.sum(1) - inter)
-        self.labelled.append(int(cm.sum()))
-        self.correct.append(int(inter.sum()))
+        self._areas.append(torch.stack([torch.diagonal(cm), cm.sum(1), cm.sum(0)]))
+        self._host = None
+
+    def _per_image(self) -> np.ndarray:
+        """[n, 3, C] int64 on the host: intersection, label area, predicted area per image and class."""
+        if self._host is None or len(self._host) != len(self._areas):
+            self._host = (torch.stack(self._areas).cpu().numpy() if self._areas
+                          else np.zeros((0, 3, self.num_classes), np.int64))
+        return self._host
+
+    @property
+    def intersections(self) -> list[np.ndarray]:
+        return list(self._per_image()[:, 0])
+
+    @property
+    def unions(self) -> list[np.ndarray]:
+        a = self._per_image()
+        return list(a[:, 1] + a[:, 2] - a[:, 0])
+
+    @property
+    def labelled(self) -> list[int]:
+        """Per image: pixels not ignored."""
+        return [int(v) for v in self._per_image()[:, 1].sum(1)]
+
+    @property
+    def correct(self) -> list[int]:
+        return [int(v) for v in self._per_image()[:, 0].sum(1)]
 
     @property
     def n_images(self) -> int:
-        return len(self.intersections)
+        return len(self._areas)
 
     def per_class_iou(self) -> np.ndarray:
         """Percent, NaN where the class has no union (absent from labels and predictions)."""
@@ -129,7 +162,7 @@ class SegScores:
         return m
 
     def _need_images(self) -> None:
-        if not self.intersections:
+        if not self._areas:
             raise ValueError("no images scored yet")
 
     def _cm(self) -> np.ndarray:
@@ -147,7 +180,7 @@ def scores_result(
     n_resamples: int = 1000,
     seed: int = 0,
 ) -> Result:
-    """Metrics `<namespace>.miou` / `.pixel_accuracy` (bootstrap CIs over images), a per-class table
+    """Metrics `<namespace>.miou` / `.pixel_acc` (bootstrap CIs over images), a per-class table
     (IoU and areas; NaN IoU = class absent from labels and predictions) and one row per image."""
     if len(class_names) != scores.num_classes or len(image_ids) != scores.n_images:
         raise ValueError(f"{len(class_names)} class names / {len(image_ids)} ids for "
@@ -161,7 +194,7 @@ def scores_result(
     rows = pd.DataFrame({"image_id": list(image_ids), **scores.per_image()})
     metrics = {
         f"{namespace}.miou": scores.miou_metric(n_resamples, seed),
-        f"{namespace}.pixel_accuracy": scores.pixel_accuracy_metric(n_resamples, seed),
+        f"{namespace}.pixel_acc": scores.pixel_accuracy_metric(n_resamples, seed),
     }
     counted = int(np.isfinite(per_class["iou"]).sum())
     return Result(namespace, metrics, rows=rows, tables={"per_class": per_class},

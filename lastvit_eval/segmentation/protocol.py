@@ -52,6 +52,12 @@ def dataset_names() -> list[str]:
     return list(_table()["datasets"])
 
 
+def canonical_name(name: str) -> str:
+    """A command-line spelling (`coco-stuff`, `coco-object`) -> the data file's key (`coco_stuff164k`)."""
+    key = str(name).strip().lower()
+    return _table().get("aliases", {}).get(key, key.replace("-", "_"))
+
+
 def parse_class_names(text: str, source: str) -> list[list[str]]:
     """One class a line, synonyms separated by commas (the cls_*.txt format of SCLIP / NACLIP)."""
     classes = []
@@ -109,7 +115,12 @@ class SegProtocol:
 
     @property
     def class_names(self) -> list[str]:
-        return [names[0] for names in self.classes]
+        """One name per class for tables: the first synonym, and `background` for class 0 where the
+        background is prompted through its synonyms (voc21 and coco_object list sky, wall, tree, ...)."""
+        names = [n[0] for n in self.classes]
+        if self.background:
+            names[0] = "background"
+        return names
 
     def prompts(self):
         """Queries x OpenAI's 80 ImageNet templates: SCLIP / NACLIP's `openai_imagenet_template` is the same
@@ -135,6 +146,7 @@ class SegProtocol:
 def load_protocol(name: str, variant: str = "shared", classes_file: str | Path | None = None) -> SegProtocol:
     """Settings of benchmark `name` (see `dataset_names()`); `classes_file` overrides the shipped names."""
     table = _table()
+    name = canonical_name(name)
     if name not in table["datasets"]:
         raise InputError(f"unknown segmentation dataset {name!r}; known: {', '.join(table['datasets'])}")
     if variant not in VARIANTS:
