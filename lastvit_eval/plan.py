@@ -482,6 +482,12 @@ def _text_plan(plan: Plan) -> TextClassifier:
         kind = "feature files" if plan.model is None else f"a {plan.model.arch.family} model"
         raise InputError(f"{req.checkpoint or req.test_features}: zero-shot needs a CLIP checkpoint with a text "
                          f"tower (family openclip); this is {kind}")
+    tokenizer = (getattr(plan.model.backbone, "details", None) or {}).get("tokenizer")
+    if tokenizer:  # e.g. SigLIP: open_clip's SimpleTokenizer would give other token ids, hence wrong class vectors
+        raise InputError(f"{req.checkpoint}: zero-shot with this text tower needs the {tokenizer!r} tokenizer; only "
+                         "open_clip's SimpleTokenizer (OpenAI BPE) is supported")
+    if plan.seg is not None:
+        return _seg_text(plan)
     prompts = load_prompts(req.classnames, req.templates)
     if req.classnames is None:
         cmap = map_classes(plan.classes, len(prompts.classnames), f"{plan.test.source} (ImageNet-1k prompts)",
