@@ -76,14 +76,16 @@ class Objective:
     The rows are standardized once into `dtype` (bf16: half the float32 input's size) and kept twice:
     row-major for the logits X W, and as contiguous transposed blocks for X^T (P - Y) (a GEMM whose A is
     a transposed view runs 1.6x slower on CPU). Workspaces are allocated once, so a pass allocates
-    nothing large; softmax runs on sub-chunks of `sub` rows whose fp32 blocks stay in cache. The last
+    nothing large. Softmax may run on sub-chunks of `sub` rows (fp32 blocks that stay in cache: faster on an
+idle CPU, but every kernel is a parallel region whose barrier costs a time slice on a shared one, so by
+default sub = chunk). The last
     (loss, gradient) is memoized on (W, b). `passes` counts full passes over the rows (W = 0 needs none:
     class sums).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, num_classes: int, scaler: Standardizer, *,
                  rows: torch.Tensor | None = None, dtype: torch.dtype, device: torch.device,
-                 chunk: int = 8192, sub: int = 1024, class_sums: torch.Tensor | None = None) -> None:
+                 chunk: int = 8192, sub: int = 8192, class_sums: torch.Tensor | None = None) -> None:
         self.xs = scaler.transform(x, dtype, device, rows=rows)
         self.y = (y if rows is None else y[rows]).to(device)
         self.n, self.dim = self.xs.shape

@@ -36,19 +36,22 @@ class Moments:
         also the class sums of x[rows]."""
         n = x.shape[0] if rows is None else rows.shape[0]
         out = cls(0, torch.zeros(x.shape[1], dtype=torch.float64), torch.zeros(x.shape[1], dtype=torch.float64))
-        sums = None if labels is None else torch.zeros(num_classes, x.shape[1])
+        sums = None if labels is None else torch.zeros(num_classes, x.shape[1], dtype=torch.float64)
+        part = None if labels is None else torch.empty(num_classes, x.shape[1])
         for i in range(0, n, _STAT_CHUNK):
             c = x[i : i + _STAT_CHUNK] if rows is None else x[rows[i : i + _STAT_CHUNK]]
             c = c.float()
             var, mean = torch.var_mean(c, 0, correction=0)
             out = out + cls(c.shape[0], mean.double(), var.double() * c.shape[0])
-            if sums is not None:
+            if sums is not None:  # sums of centred rows in fp32 (no cancellation when |mean| >> std)
                 yc = labels[i : i + _STAT_CHUNK] if rows is None else labels[rows[i : i + _STAT_CHUNK]]
-                sums.index_add_(0, yc, c)
+                part.zero_().index_add_(0, yc, c - mean)
+                counts = torch.bincount(yc, minlength=num_classes).double()
+                sums += part.double().addr_(counts, mean.double())
         if sums is None:
             return out
         counts = torch.bincount(labels if rows is None else labels[rows], minlength=num_classes)
-        return cls(out.n, out.mean, out.m2, sums.double(), counts)
+        return cls(out.n, out.mean, out.m2, sums, counts)
 
     def __add__(self, other: Moments) -> Moments:
         """Moments of the union of two disjoint row sets (Chan et al.'s pairwise update)."""
