@@ -75,12 +75,12 @@ class Objective:
 
     The rows are standardized once into `dtype` (bf16: half the float32 input's size) and kept twice:
     row-major for the logits X W, and as contiguous transposed blocks for X^T (P - Y) (a GEMM whose A is
-    a transposed view runs 1.6x slower on CPU). Workspaces are allocated once, so a pass allocates
-    nothing large. Softmax may run on sub-chunks of `sub` rows (fp32 blocks that stay in cache: faster on an
-idle CPU, but every kernel is a parallel region whose barrier costs a time slice on a shared one, so by
-default sub = chunk). The last
-    (loss, gradient) is memoized on (W, b). `passes` counts full passes over the rows (W = 0 needs none:
-    class sums).
+    a transposed view runs 1.6x slower on CPU; memory: two bf16 copies = one float32 copy of x[rows]).
+    Workspaces are allocated once, so a pass allocates nothing large. Softmax may run on sub-chunks of
+    `sub` rows (fp32 blocks that stay in cache: faster on an idle CPU, but each kernel is a parallel region
+    whose barrier costs a time slice on a shared one, so by default sub = chunk). The last (loss,
+    gradient) is memoized on (W, b). `passes` counts full passes over the rows (W = 0 needs none: class
+    sums, given as `class_sums` of the standardized rows or computed from them).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, num_classes: int, scaler: Standardizer, *,
