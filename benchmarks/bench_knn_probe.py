@@ -254,7 +254,8 @@ def probe_section(xtr, ytr, xte, yte, a) -> list[str]:
         f"- One fit at the chosen weight decay: {sk_one['seconds'] / one_s:.1f}x faster, "
         f"{one_top1 - sk_one['top1']:+.2f} points.",
         f"- Peak RSS above the data during our probe: {mem.delta_mb:.0f} MB. Every time excludes one-time imports "
-        "and first-call warm-up. Our times include input checks, both standardizations, the hold-out scoring and "
+        "and first-call warm-up. Our times include input checks, the feature statistics (read once: the refit's "
+        "combine the hold-out split's two parts), both standardized copies, the hold-out scoring and "
         "the bootstrap CI of mean per-class recall; scikit-learn's include its StandardScaler passes.",
     ]
 

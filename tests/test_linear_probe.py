@@ -11,7 +11,7 @@ from sklearn.preprocessing import StandardScaler
 
 from lastvit_eval.errors import InputError
 from lastvit_eval.evaluators import get, linear_probe, logreg_lbfgs
-from lastvit_eval.evaluators.standardize import Standardizer
+from lastvit_eval.evaluators.standardize import Moments, Standardizer
 
 
 def _blobs(n_train=1500, n_test=3000, d=16, c=5, scale=0.9, seed=0):
@@ -264,3 +264,22 @@ def test_bad_arrays():
     bad[3, 2] = np.inf
     with pytest.raises(InputError, match="row 3"):
         linear_probe.evaluate(bad, ytr, xte, yte, device="cpu")
+
+
+def test_moments_combine_and_class_sums_match_numpy():
+    """Moments of two disjoint row sets combine into those of their union (float64 numpy reference), the
+    standardizer is scikit-learn's (population std), and class sums of standardized rows are brute force."""
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=(5000, 12)) * rng.uniform(0.1, 30, 12) + rng.uniform(-1e3, 1e3, 12)).astype(np.float32)
+    y = rng.integers(0, 6, 5000)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    a_rows, b_rows = torch.arange(0, 5000, 3), torch.tensor([i for i in range(5000) if i % 3])
+    both = Moments.of(xt, a_rows, yt, 6) + Moments.of(xt, b_rows, yt, 6)
+    sc = both.standardizer()
+    ref = StandardScaler().fit(x.astype(np.float64))
+    np.testing.assert_allclose(sc.mean.double().numpy(), ref.mean_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(sc.std.double().numpy(), ref.scale_, rtol=1e-5)
+    xs = (x.astype(np.float64) - sc.mean.double().numpy()) / sc.std.double().numpy()
+    sums = np.stack([xs[y == c].sum(0) for c in range(6)])
+    np.testing.assert_allclose(both.standardized_class_sums(sc).double().numpy(), sums, atol=1e-2, rtol=1e-4)
+    assert both.n == 5000 and both.class_counts.tolist() == np.bincount(y, minlength=6).tolist()

@@ -44,7 +44,7 @@ from .checks import (
 )
 from .logreg_lbfgs import MIN_BF16_MACS, Fit, LinearHead, Objective, choose_dtype, lbfgs
 from .scoring import mean_per_class_recall_metric, per_class_table, topk_hits
-from .standardize import Standardizer
+from .standardize import Moments, Standardizer
 
 SOLVERS = ("lbfgs", "adam")
 DEFAULT_LRS = (2e-3,)  # adam only
@@ -183,15 +183,18 @@ def select_weight_decay(
     dtype: torch.dtype,
     device: torch.device,
     chunk: int,
-) -> tuple[int, Fit, Standardizer, pd.DataFrame]:
+) -> tuple[int, Fit, Standardizer, pd.DataFrame, Moments]:
     """L-BFGS path on the fit part of a hold-out carved from the TRAINING split (x, y) only.
 
     Returns the index into `wds` of the best hold-out top-1 (ties: first in `wds` order), its solution
-    (with L-BFGS memory, to warm-start the refit), the fit part's standardizer, and the selection table.
+    (with L-BFGS memory, to warm-start the refit), the fit part's standardizer, the selection table, and
+    the moments of all of (x, y) (fit part + hold-out part: the refit's statistics, without a re-read).
     """
     fit_rows, hold_rows = _holdout_rows(y, holdout_fraction, seed)
-    scaler = Standardizer.fit(x, fit_rows)
-    obj = Objective(x, y, num_classes, scaler, rows=fit_rows, dtype=dtype, device=device, chunk=chunk)
+    fit_m = Moments.of(x, fit_rows, y, num_classes)
+    scaler = fit_m.standardizer()
+    obj = Objective(x, y, num_classes, scaler, rows=fit_rows, dtype=dtype, device=device, chunk=chunk,
+                    class_sums=fit_m.standardized_class_sums(scaler))
     x_hold, y_hold = x[hold_rows], y[hold_rows]
     order = sorted(range(len(wds)), key=lambda i: -wds[i])  # strongest penalty first
     acc: dict[float, float] = {}
@@ -222,7 +225,7 @@ def select_weight_decay(
     chosen = by_wd[float(wds[i])]
     if chosen.memory is None:  # a tie with an earlier-visited candidate: same accuracy, use its memory
         chosen = Fit(**{**chosen.__dict__, "memory": best[0].memory})
-    return i, chosen, scaler, table
+    return i, chosen, scaler, table, fit_m + Moments.of(x, hold_rows, y, num_classes)
 
 
 def refit(
@@ -238,10 +241,14 @@ def refit(
     dtype: torch.dtype,
     device: torch.device,
     chunk: int,
+    moments: Moments | None = None,
 ) -> tuple[LinearHead, Fit]:
-    """Fit on all training rows (their own statistics), warm-started from `start` when given."""
-    scaler = Standardizer.fit(x)
-    obj = Objective(x, y, num_classes, scaler, dtype=dtype, device=device, chunk=chunk)
+    """Fit on all training rows (their own statistics: `moments` of x, y if given), warm-started from
+    `start` when given."""
+    moments = Moments.of(x, None, y, num_classes) if moments is None else moments
+    scaler = moments.standardizer()
+    obj = Objective(x, y, num_classes, scaler, dtype=dtype, device=device, chunk=chunk,
+                    class_sums=moments.standardized_class_sums(scaler))
     if start is None or start_scaler is None:
         w, b, memory = torch.zeros(x.shape[1], num_classes), torch.zeros(num_classes), None
     else:
@@ -340,12 +347,12 @@ def _lbfgs(train, ytr, test, n_cls, weight_decays, tol, max_iter, precision, chu
     wds = _weight_decays(weight_decays)
     kw = {"tol": tol, "max_iter": max_iter, "dtype": dtype, "device": dev, "chunk": chunk}
     if len(wds) > 1:
-        best, start, start_scaler, selection = select_weight_decay(
+        best, start, start_scaler, selection, moments = select_weight_decay(
             train, ytr, n_cls, wds, holdout_fraction=holdout_fraction, seed=seed, **kw)
     else:
-        best, start, start_scaler = 0, None, None
+        best, start, start_scaler, moments = 0, None, None, None
         selection = pd.DataFrame({"weight_decay": wds, "holdout_top1": [float("nan")]})
-    head, fit = refit(train, ytr, n_cls, start, start_scaler, wds[best], **kw)
+    head, fit = refit(train, ytr, n_cls, start, start_scaler, wds[best], moments=moments, **kw)
     z = head.logits(test, dev, chunk)
     info = {"chosen_weight_decay": wds[best], "tol": tol, "tol_abs": tol * fit.grad_scale, "max_iter": max_iter,
             "precision": precision, "precision_used": used,

@@ -73,23 +73,32 @@ class LinearHead:
 class Objective:
     """Mean softmax cross-entropy of a linear head on a standardized copy of x[rows], chunk by chunk.
 
-    The rows are standardized once into `dtype` (bf16: half the float32 input's size); per-chunk
-    workspaces are preallocated, so a pass allocates nothing large. The last (loss, gradient) is
-    memoized on (W, b). `passes` counts full passes over the rows (W = 0 needs none: class sums).
+    The rows are standardized once into `dtype` (bf16: half the float32 input's size) and kept twice:
+    row-major for the logits X W, and as contiguous transposed blocks for X^T (P - Y) (a GEMM whose A is
+    a transposed view runs 1.6x slower on CPU; memory: two bf16 copies = one float32 copy of x[rows]).
+    Workspaces are allocated once, so a pass allocates nothing large. Softmax may run on sub-chunks of
+    `sub` rows (fp32 blocks that stay in cache: faster on an idle CPU, but each kernel is a parallel region
+    whose barrier costs a time slice on a shared one, so by default sub = chunk). The last (loss,
+    gradient) is memoized on (W, b). `passes` counts full passes over the rows (W = 0 needs none: class
+    sums, given as `class_sums` of the standardized rows or computed from them).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, num_classes: int, scaler: Standardizer, *,
                  rows: torch.Tensor | None = None, dtype: torch.dtype, device: torch.device,
-                 chunk: int = 8192) -> None:
+                 chunk: int = 8192, sub: int = 8192, class_sums: torch.Tensor | None = None) -> None:
         self.xs = scaler.transform(x, dtype, device, rows=rows)
         self.y = (y if rows is None else y[rows]).to(device)
         self.n, self.dim = self.xs.shape
         self.num_classes, self.dtype, self.device = num_classes, dtype, device
         self.chunk = max(1, min(chunk, self.n))
+        self.sub = max(1, min(sub, self.chunk))
+        self.xt = [self.xs[i : i + self.chunk].T.contiguous() for i in range(0, self.n, self.chunk)]
         self.passes = 0
         self._memo: tuple | None = None
-        self._class_sums: torch.Tensor | None = None
+        # class sums of the STANDARDIZED rows, given by the caller (e.g. from raw sums) or computed on demand
+        self._class_sums = class_sums
         self._g0: float | None = None
+        self._work: tuple | None = None
 
     @property
     def grad_scale(self) -> float:
@@ -116,7 +125,7 @@ class Objective:
             for i in range(0, self.n, self.chunk):
                 sums.index_add_(0, self.y[i : i + self.chunk], self.xs[i : i + self.chunk].float())
             self._class_sums = sums
-        sums, n = self._class_sums, self.n
+        sums, n = self._class_sums.to(self.device, torch.float32), self.n
         prior = torch.bincount(self.y, minlength=self.num_classes).float() / n
         lp = torch.log_softmax(b.float(), 0)
         p = lp.exp()
@@ -124,34 +133,40 @@ class Objective:
         gw = (sums.sum(0) / n)[:, None] * p[None, :] - sums.T / n
         return loss, gw.contiguous(), p - prior
 
+    def _workspace(self) -> tuple:
+        if self._work is None:
+            k, s, c, dev = self.chunk, self.sub, self.num_classes, self.device
+            self._work = (torch.empty(k, c, dtype=self.dtype, device=dev),  # logits, then P - Y, of a chunk
+                          torch.empty(s, c, device=dev), torch.empty(s, c, device=dev),  # fp32 sub-chunk
+                          torch.empty(self.dim, c, dtype=self.dtype, device=dev),  # a chunk's gradient block
+                          torch.full((s, 1), -1.0, device=dev))
+        return self._work
+
     def _pass(self, w: torch.Tensor, b: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
         self.passes += 1
         low = self.dtype != torch.float32
-        k, c, dev = self.chunk, self.num_classes, self.device
-        z_all = torch.empty(k, c, device=dev)
-        zl_all = torch.empty(k, c, dtype=self.dtype, device=dev) if low else None
-        gw_part = torch.empty(self.dim, c, dtype=self.dtype, device=dev) if low else None
-        minus_one = torch.full((k, 1), -1.0, device=dev)
-        gw, gb = torch.zeros(self.dim, c, device=dev), torch.zeros(c, device=dev)
-        loss = torch.zeros((), dtype=torch.float64, device=dev)
-        wc = w.detach().to(self.dtype)
-        for i in range(0, self.n, k):
-            xc, yc = self.xs[i : i + k], self.y[i : i + k, None]
-            r = xc.shape[0]
-            if low:  # the GEMM's output is bf16 (no fp32-output bf16 GEMM on CPU): logits rounded here
-                torch.matmul(xc, wc, out=zl_all[:r])
-                z = z_all[:r].copy_(zl_all[:r]).add_(b)  # copy then add: 3x faster than a mixed-dtype add
+        zbuf, zf, lsm, gw_part, minus_one = self._workspace()
+        gw = torch.zeros(self.dim, self.num_classes, device=self.device)
+        gb = torch.zeros(self.num_classes, device=self.device)
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        wc, b = w.detach().to(self.dtype), b.detach().float()
+        for j, i in enumerate(range(0, self.n, self.chunk)):
+            xc = self.xs[i : i + self.chunk]
+            zl = torch.matmul(xc, wc, out=zbuf[: xc.shape[0]])  # bf16: the logits are rounded here
+            for s in range(0, xc.shape[0], self.sub):
+                zs = zl[s : s + self.sub]
+                r = zs.shape[0]
+                ys = self.y[i + s : i + s + r, None]
+                z = zf[:r].copy_(zs).add_(b)  # fp32; copy then add: 3x faster than a mixed-dtype add
+                lp = torch.log_softmax(z, 1, out=lsm[:r])  # one fused kernel; loss = -log p[y]
+                loss -= lp.gather(1, ys).sum(dtype=torch.float64)
+                lp.exp_().scatter_add_(1, ys, minus_one[:r])  # softmax - one-hot
+                gb += lp.sum(0)
+                zs.copy_(lp)  # bf16: P - Y rounded here, as the GEMM's input
+            if low:  # the chunk's block comes out of the GEMM in bf16, summed in fp32
+                gw += torch.matmul(self.xt[j], zl, out=gw_part)
             else:
-                z = torch.addmm(b, xc, wc, out=z_all[:r])
-            z = torch.log_softmax(z, 1)  # one fused kernel (max, exp, sum, log); loss = -log p[y]
-            loss -= z.gather(1, yc).sum(dtype=torch.float64)
-            z.exp_().scatter_add_(1, yc, minus_one[:r])  # softmax - one-hot
-            gb += z.sum(0)
-            if low:  # P - Y rounded to bf16 as GEMM input; the chunk's block comes out bf16, summed in fp32
-                zl_all[:r].copy_(z)
-                gw += torch.matmul(xc.T, zl_all[:r], out=gw_part)
-            else:
-                gw.addmm_(xc.T, z)
+                gw.addmm_(self.xt[j], zl)
         return float(loss) / self.n, gw.div_(self.n), gb.div_(self.n)
 
     def penalized(self, theta: torch.Tensor, wd: float) -> tuple[float, torch.Tensor]:
@@ -165,39 +180,46 @@ class Objective:
 
 @dataclass
 class Memory:
-    """L-BFGS curvature pairs (s, y) of the penalized objective at weight decay `wd`; flat vectors."""
+    """L-BFGS curvature pairs (s, y) of the penalized objective at weight decay `wd`; flat vectors, with
+    each pair's s'y and y'y kept (computed once, not at every direction)."""
 
     wd: float
     n_weight: int  # the first n_weight entries of theta are W (penalized); the rest is b
     s: list[torch.Tensor] = field(default_factory=list)
     y: list[torch.Tensor] = field(default_factory=list)
+    sy: list[float] = field(default_factory=list)
+    yy: list[float] = field(default_factory=list)
 
     def at(self, wd: float) -> Memory:
         """The same pairs for weight decay wd: exact, since the penalty's Hessian is wd on W, 0 on b."""
-        ys = []
+        out = Memory(wd, self.n_weight)
         for s, y in zip(self.s, self.y, strict=True):
             y = y.clone()
             y[: self.n_weight] += (wd - self.wd) * s[: self.n_weight]
-            ys.append(y)
-        keep = [i for i, y in enumerate(ys) if float(self.s[i] @ y) > 0]
-        return Memory(wd, self.n_weight, [self.s[i] for i in keep], [ys[i] for i in keep])
+            sy = float(s @ y)
+            if sy > 0:
+                out.s.append(s)
+                out.y.append(y)
+                out.sy.append(sy)
+                out.yy.append(float(y @ y))
+        return out
 
     def push(self, s: torch.Tensor, y: torch.Tensor, history: int) -> None:
-        if float(s @ y) > 1e-12 * float(y @ y):  # curvature condition; always true for wd > 0 in exact math
-            self.s.append(s)
-            self.y.append(y)
-            del self.s[:-history], self.y[:-history]
+        sy, yy = float(s @ y), float(y @ y)
+        if sy > 1e-12 * yy:  # curvature condition; always true for wd > 0 in exact math
+            for lst, v in ((self.s, s), (self.y, y), (self.sy, sy), (self.yy, yy)):
+                lst.append(v)
+                del lst[:-history]
 
     def direction(self, g: torch.Tensor, h0: float) -> torch.Tensor:
         """-H g by the two-loop recursion; H0 = gamma I (gamma = s'y / y'y of the newest pair, else 1/h0)."""
         q, alphas = g.clone(), []
-        rhos = [1.0 / float(s @ y) for s, y in zip(self.s, self.y, strict=True)]
+        rhos = [1.0 / sy for sy in self.sy]
         for s, y, rho in zip(reversed(self.s), reversed(self.y), reversed(rhos), strict=True):
             a = rho * float(s @ q)
             q.add_(y, alpha=-a)
             alphas.append(a)
-        gamma = float(self.s[-1] @ self.y[-1]) / float(self.y[-1] @ self.y[-1]) if self.s else 1.0 / h0
-        q.mul_(gamma)
+        q.mul_(self.sy[-1] / self.yy[-1] if self.s else 1.0 / h0)
         for s, y, rho, a in zip(self.s, self.y, rhos, reversed(alphas), strict=True):
             q.add_(s, alpha=a - rho * float(y @ q))
         return q.neg_()
