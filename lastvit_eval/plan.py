@@ -274,7 +274,7 @@ def _check_poolings(poolings, model: LoadedModel | None, test: Split) -> None:
             if p.kind == "last" and p.topk > n_patches:
                 raise InputError(f"pooling {p.name}: k={p.topk} exceeds the {n_patches} patches of {model.name} "
                                  "(LAST would silently become GAP)")
-            if p.kind == "cls" and model.backbone.num_prefix_tokens < 1:
+            if p.kind == "cls" and model.arch.num_prefix_tokens < 1:
                 raise InputError(f"pooling cls: {model.name} has no class token; use gap or last")
         return
     arrays = getattr(test.features, "arrays", {})
@@ -328,7 +328,7 @@ def build_plan(req: RunRequest) -> Plan:
             train = _images_split(req, "train", True) if wants_train else None
         from .models import load_model
 
-        model = load_model(req.checkpoint, req.load)
+        model = load_model(req.checkpoint, req.load, store_root=req.store.root if req.store.enabled else None)
 
     classes = _class_list(train.names if train is not None else test.names)
     if train is not None:

@@ -62,8 +62,8 @@ def extract(
     store = StoreSpec(dir=cache_dir, enabled=not no_cache, shard_size=shard_size)
     model = load_model(checkpoint, LoadOptions(trust=trust_checkpoint, ignore_keys=tuple(ignore_keys or ()),
                                                num_heads=num_heads, checkpoint_key=checkpoint_key, family=family,
-                                               quick_gelu=quick_gelu))
-    if any(p.kind == "cls" for p in specs) and model.backbone.num_prefix_tokens < 1:
+                                               quick_gelu=quick_gelu), store_root=store.root if store.enabled else None)
+    if any(p.kind == "cls" for p in specs) and model.arch.num_prefix_tokens < 1:
         raise InputError(f"pooling cls: {model.name} has no class token; use gap or last")
     with session(device, barrier_timeout):
         fs = extract_split(model, imagenet_root, split, specs, default_taps(model, patch_tokens), engine,
