@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from ..errors import InputError
 from ..models.base import LoadedModel
 from .dataset import EncodedDataset, ImageDataset, collate, collate_encoded
-from .device import EngineSpec, resolve_device
+from .device import EngineSpec, resolve_device, with_low_precision_linears
 from .progress import console, image_progress
 from .taps import check_finite, forward_taps
 
@@ -77,6 +77,10 @@ class BatchRunner:
         bb = self.model.backbone.to(self.device).eval()
         if self.engine.channels_last:
             bb.to(memory_format=torch.channels_last)
+        if self.device.type == "cpu" and self.engine.dtype == "bf16":
+            # the same numbers as autocast over `bb`, without re-casting the weights every batch; heads and
+            # projections (forward_taps, fp32) still use `bb`
+            bb = with_low_precision_linears(bb, self.engine.dtype)
         self.eager_tokens = bb.tokens
         self.tokens_fn = bb.tokens
         if self.engine.compile:
