@@ -13,7 +13,7 @@ generated ImageNet-like JPEGs with Pascal VOC boxes. Every measurement is repeat
 the rounds interleave all variants so a noisy neighbour hits them alike; cells give min / median / max.
 Writes results/bench_patch_hit.md.
 
-    python benchmarks/bench_patch_hit.py [--images 96] [--batch-size 32] [--rounds 5] [--workers 0,2]
+    python benchmarks/bench_patch_hit.py [--images 96] [--batch-size 32] [--rounds 5] [--workers 0,0main,2]
 """
 
 from __future__ import annotations
