@@ -40,7 +40,10 @@ def load_model(checkpoint: str | Path, opts: LoadOptions | None = None, store_ro
         return _load_file(path, opts)
     from . import lazy
 
-    stat, sha = _file_hash(path, Path(store_root))
+    try:
+        stat, sha = _file_hash(path, Path(store_root))
+    except OSError:
+        return _load_file(path, opts)  # unreadable: the full load says why, in one line
     key = lazy.record_key(path, sha, opts)
     record = lazy.read_record(store_root, key)
     if record is not None and record.get("sha256") == sha:
