@@ -13,7 +13,7 @@ generated ImageNet-like JPEGs with Pascal VOC boxes. Every measurement is repeat
 the rounds interleave all variants so a noisy neighbour hits them alike; cells give min / median / max.
 Writes results/bench_patch_hit.md.
 
-    python benchmarks/bench_patch_hit.py [--images 96] [--batch-size 32] [--rounds 5] [--workers 0,2]
+    python benchmarks/bench_patch_hit.py [--images 96] [--batch-size 32] [--rounds 5] [--workers 0,0main,2]
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from lxml import etree
 from torchvision import transforms as T
 
+from lastvit_eval.engine import runner
 from lastvit_eval.engine.dataset import load_rgb
-from lastvit_eval.engine.device import EngineSpec, autocast
+from lastvit_eval.engine.device import EngineSpec, autocast, with_low_precision_linears
 from lastvit_eval.engine.store import StoreSpec
 from lastvit_eval.models import load_model
 from lastvit_eval.pipeline import execute
@@ -82,28 +83,36 @@ def request(ckpt: Path, root: Path, dtype: str, out: Path, batch: int, workers: 
                       store=StoreSpec(enabled=False), output_dir=out, overwrite=True, progress=False)
 
 
-def pipeline(req: RunRequest) -> tuple[float, float, int, dict[str, bool], dict[str, int]]:
+def pipeline(req: RunRequest, thread_decode: bool = True) -> tuple[float, float, int, dict[str, bool], dict[str, int]]:
     """(plan seconds, execute seconds, images, hits, top patches): plan = checks + model load + boxes."""
     t0 = time.perf_counter()
     plan = build_plan(req)
     t1 = time.perf_counter()
-    out = execute(plan)
+    runner.THREAD_DECODE = thread_decode
+    try:
+        out = execute(plan)
+    finally:
+        runner.THREAD_DECODE = True
     t2 = time.perf_counter()
     rows = out.results[POOLING.name][0].rows
     return (t1 - t0, t2 - t1, len(rows), dict(zip(rows["image_id"], rows["top1"].astype(bool), strict=True)),
             dict(zip(rows["image_id"], rows["top_patch"].astype(int), strict=True)))
 
 
-def bare_forward(model, pixels: torch.Tensor, dtype: str, batch: int) -> float:
-    """Seconds for normalize + tokens + pooling + patch scores over uint8 batches already in memory."""
+def bare_forward(model, pixels: torch.Tensor, dtype: str, batch: int, fast=None) -> float:
+    """Seconds for normalize + tokens + pooling + patch scores over uint8 batches already in memory.
+
+    `fast`: the module whose tokens the engine runs for this dtype (bf16 on CPU: linear weights converted
+    once, `with_low_precision_linears`), made before the clock starts."""
     bb, t = model.backbone, model.transform
+    tokens_fn = (fast or bb).tokens
     prefix = bb.num_prefix_tokens
     t0 = time.perf_counter()
     with torch.inference_mode():
         for s in range(0, len(pixels), batch):
             x = t.normalize(pixels[s:s + batch])
             with autocast(x.device, dtype):
-                tokens = bb.tokens(x)
+                tokens = tokens_fn(x)
             tokens = tokens.float()
             p = pool(tokens, prefix, POOLING)
             patch_scores(tokens[:, prefix:], p.token)
@@ -125,14 +134,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=96)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", default="0,2", help="decode workers of the pipeline's DataLoader, comma-separated: "
+    ap.add_argument("--workers", default="0,0main,2", help="decode workers of the pipeline's DataLoader, comma-separated"
+                    " (0: decode in a thread beside the forward, the default on <= 2 CPUs; 0main: on the main thread, "
+                    "between forwards, as before): "
                     "one pipeline variant each (2 = the CLI default on a 2-CPU machine)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--naive-images", type=int, default=32, help="images the naive loop runs on")
     ap.add_argument("--matmul", type=int, default=4096, help="side of the square matmul ceiling")
     ap.add_argument("--out", type=Path, default=Path("results/bench_patch_hit.md"))
     args = ap.parse_args(argv)
-    workers = [int(w) for w in args.workers.split(",")]
+    workers = args.workers.split(",")
     torch.set_num_threads(args.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     dtypes = ("fp32", "bf16")
@@ -154,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
         model = load_model(ckpt)
         pixels = torch.stack([model.transform.pixels(load_rgb(p)) for p in paths])
         flops = common.forward_flops(model.backbone, model.transform.normalize(pixels[:2]))
-        bare_forward(model, pixels[:2], "bf16", 2)  # one-time thread-pool and kernel set-up
+        fast = {"fp32": None, "bf16": with_low_precision_linears(model.backbone, "bf16")}  # what the engine runs
+        bare_forward(model, pixels[:2], "bf16", 2, fast["bf16"])  # one-time thread-pool and kernel set-up
         bare_forward(model, pixels[:2], "fp32", 2)
         last: dict[str, tuple] = {}
         for r in range(args.rounds):
@@ -168,10 +180,12 @@ def main(argv: list[str] | None = None) -> None:
                     if step == "ceiling":
                         add(f"ceiling/{dtype}", common.matmul_ceiling(args.matmul, torch_dtype))
                     elif step == "bare":
-                        add(f"bare/{dtype}", len(paths) / bare_forward(model, pixels, dtype, args.batch_size))
+                        add(f"bare/{dtype}", len(paths) / bare_forward(model, pixels, dtype, args.batch_size,
+                                                                      fast[dtype]))
                     else:
                         plan_s, exec_s, n_eval, hits, tops = pipeline(
-                            request(ckpt, root, dtype, tmp / f"out-{dtype}-{r}-{step}", args.batch_size, step))
+                            request(ckpt, root, dtype, tmp / f"out-{dtype}-{r}-{step}", args.batch_size,
+                                    int(step.removesuffix("main"))), thread_decode=not step.endswith("main"))
                         add(f"pipe/{dtype}/w{step}", n_eval / exec_s)
                         add(f"plan/{dtype}/w{step}", plan_s)
                         last[dtype] = (hits, tops)

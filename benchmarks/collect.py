@@ -9,7 +9,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 PARTS = [
-    ("bench_patch_hit.md", "python benchmarks/bench_patch_hit.py --rounds 4"),
+    ("bench_patch_hit.md", "python benchmarks/bench_patch_hit.py --rounds 3 --workers 0,0main"),
     ("bench_chain.md", "python benchmarks/bench_chain.py"),
     ("bench_engine.md", "python benchmarks/bench_engine.py"),
     ("bench_knn_probe.md", "python benchmarks/bench_knn_probe.py"),

@@ -53,6 +53,15 @@ def read_class_map(path: Path) -> dict[str, int]:
 
 
 def imagenet_wnids() -> list[str]:
+    """timm's ImageNet-1k synset list, read from timm's data file without importing timm (importing it costs
+    a command on stored features seconds: it imports torchvision and torch._dynamo); the import otherwise."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("timm")  # locates the package, runs none of it
+    if spec is not None and spec.origin:
+        synsets = Path(spec.origin).parent / "data" / "_info" / "imagenet_synsets.txt"
+        if synsets.is_file():
+            return [w.strip() for w in synsets.read_text().splitlines() if w.strip()]
     from timm.data import ImageNetInfo
 
     return list(ImageNetInfo().label_names())

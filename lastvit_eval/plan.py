@@ -343,19 +343,25 @@ def _check_poolings(poolings, model: LoadedModel | None, test: Split) -> None:
             if p.kind == "last" and p.topk > n_patches:
                 raise InputError(f"pooling {p.name}: k={p.topk} exceeds the {n_patches} patches of {model.name} "
                                  "(LAST would silently become GAP)")
-            kinds = [k for k, ok in (("cls", model.has_class_token), ("gap", True), ("last", True),
-                                     ("map", model.backbone.has_map_head)) if ok]
-            use = ", ".join(f"-p {k}" for k in kinds[:-1]) + f" or -p {kinds[-1]}"
-            if p.kind == "cls" and "cls" not in kinds:
-                raise InputError(f"pooling cls: {model.name} ({model.arch.name}) has no class token; use {use}")
-            if p.kind == "map" and "map" not in kinds:
-                raise InputError(f"pooling map: {model.name} ({model.arch.name}) has no attention-pool head; use {use}")
+            if p.kind == "cls" and not model.has_class_token:
+                raise InputError(f"pooling cls: {model.name} ({model.arch.name}) has no class token; use "
+                                 f"{_pooling_choices(model)}")
+            if p.kind == "map" and not model.backbone.has_map_head:
+                raise InputError(f"pooling map: {model.name} ({model.arch.name}) has no attention-pool head; use "
+                                 f"{_pooling_choices(model)}")
         return
     arrays = getattr(test.features, "arrays", {})
     have = sorted({k.split("/", 1)[1] for k in arrays if "/" in k})
     missing = [p.name for p in poolings if p.name not in have]
     if missing:
         raise InputError(f"{test.source}: no features for pooling {', '.join(missing)} (has: {', '.join(have)})")
+
+
+def _pooling_choices(model: LoadedModel) -> str:
+    """The poolings `model` has, for an error message (builds a lazy model: only on the error path)."""
+    kinds = [k for k, ok in (("cls", model.has_class_token), ("gap", True), ("last", True),
+                             ("map", model.backbone.has_map_head)) if ok]
+    return ", ".join(f"-p {k}" for k in kinds[:-1]) + f" or -p {kinds[-1]}"
 
 
 def _check_internal_taps(evaluators, model: LoadedModel | None) -> None:
@@ -424,7 +430,9 @@ def build_plan(req: RunRequest) -> Plan:
             train = _images_split(req, "train", True) if wants_train else None
         from .models import load_model
 
-        model = _resolution(evaluators, load_model(req.checkpoint, req.load), req.engine)
+        model = _resolution(evaluators, load_model(req.checkpoint, req.load,
+                                                   store_root=req.store.root if req.store.enabled else None),
+                            req.engine)
 
     classes = _class_list(train.names if train is not None else test.names)
     if train is not None:

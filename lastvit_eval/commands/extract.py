@@ -63,7 +63,7 @@ def extract(
     model = load_model(checkpoint, LoadOptions(trust=trust_checkpoint, ignore_keys=tuple(ignore_keys or ()),
                                                num_heads=num_heads, checkpoint_key=checkpoint_key, family=family,
                                                quick_gelu=quick_gelu, arch=arch,
-                                               image_size=image_size))
+                                               image_size=image_size), store_root=store.root if store.enabled else None)
     if not given:  # the defaults follow the model: no class token (ResNet, SigLIP), its own attention pool
         specs = tuple(p for p in specs if p.kind != "cls" or model.has_class_token) + (
             (PoolingSpec("map"),) if model.backbone.has_map_head else ())

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from ..errors import InputError
 from .boxes import Annotation, Box, coco_size, load_coco
@@ -102,6 +100,9 @@ class MaskSource:
 
 
 def mask_to_crop(mask: np.ndarray, resize: int, crop: int) -> np.ndarray:
+    from torchvision.transforms import InterpolationMode  # here: importing torchvision costs a command seconds
+    from torchvision.transforms.v2 import functional as TF
+
     t = torch.from_numpy(mask.astype(np.uint8))[None]
     t = TF.resize(t, [resize], interpolation=InterpolationMode.NEAREST_EXACT)
     return TF.center_crop(t, [crop])[0].numpy().astype(bool)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import LastvitError
 from ..models.base import LoadedModel
+from ..models.lazy import remember
 from ..pooling import PoolingSpec
 from . import distributed
 from .device import EngineSpec, resolve_device
@@ -53,7 +54,7 @@ def widened(model: LoadedModel, request: TapRequest) -> TapRequest:
     """The request plus every cheap tap of the standard poolings (what a forward stores anyway)."""
     poolings = {p.name: p for p in request.poolings}
     for p in STANDARD_POOLINGS:
-        if p.kind == "cls" and not model.has_class_token:
+        if p.kind == "cls" and not model.has_class_token:  # from arch: a lazy model stays unbuilt
             continue
         poolings.setdefault(p.name, p)
     return TapRequest(tuple(poolings.values()), frozenset(request.taps | CHEAP_TAPS),
@@ -100,6 +101,8 @@ def extract(
     keys = request.keys(model)
     compute_request = widened(model, request) if (widen and use_store) else request
     space = open_space(model, engine, store) if use_store else None
+    if space is not None:
+        remember(model)  # the store exists now: a later command can plan without building the model
     shard_size = store.shard_size if store is not None else 1024
     hashes = content_hashes(paths, store.root / "hashes.sqlite") if use_store else [None] * len(paths)
     report = {"space": space.key if space else None, "dir": str(space.dir) if space else None,

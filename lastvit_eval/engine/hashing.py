@@ -66,3 +66,17 @@ def content_hashes(paths: list[Path], memo: Path | None = None) -> list[str | No
         except sqlite3.Error:
             pass
     return out
+
+
+def record_hashes(memo: Path, entries: list[tuple[str, os.stat_result, str]]) -> None:
+    """Add hashes computed elsewhere (absolute path, the stat taken before hashing, sha256) to the memo."""
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(str(memo), timeout=60)
+        db.execute(_SCHEMA)
+        with db:
+            db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
+                           [(p, st.st_size, st.st_mtime_ns, st.st_ino, sha) for p, st, sha in entries])
+        db.close()
+    except sqlite3.Error:
+        pass  # a broken memo only costs re-hashing

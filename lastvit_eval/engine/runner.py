@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from ..errors import InputError
 from ..models.base import LoadedModel
 from .dataset import EncodedDataset, ImageDataset, collate, collate_encoded
-from .device import EngineSpec, resolve_device
+from .device import EngineSpec, resolve_device, with_low_precision_linears
 from .full_res import is_full_res, stack_rows
 from .progress import console, image_progress
 from .taps import check_finite, forward_taps
@@ -49,6 +49,28 @@ def default_workers(device_type: str = "cpu") -> int:
     if device_type == "cpu" and cores <= 2:
         return 0
     return min(4, cores)
+
+
+THREAD_DECODE = True  # with 0 decode processes, decode the next batch in a thread (benchmarks switch it off)
+
+
+def prefetched(batches: Iterable, depth: int = 1) -> Iterator:
+    """Yield from `batches`, computing the next `depth` items in a thread while the caller works on this one.
+
+    With no decode process (2-core CPUs), decoding on the main thread leaves a core idle; PIL decodes and
+    resizes with the GIL released, so a thread overlaps it with the forward at no IPC cost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    end = object()
+    it = iter(batches)
+    with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
+        pending = [pool.submit(next, it, end) for _ in range(depth)]
+        while True:
+            item = pending.pop(0).result()
+            if item is end:
+                return
+            pending.append(pool.submit(next, it, end))
+            yield item
 
 
 class BatchRunner:
@@ -78,6 +100,10 @@ class BatchRunner:
         bb = self.model.backbone.to(self.device).eval()
         if self.engine.channels_last:
             bb.to(memory_format=torch.channels_last)
+        if self.device.type == "cpu" and self.engine.dtype == "bf16":
+            # the same numbers as autocast over `bb`, without re-casting the weights every batch; heads and
+            # projections (forward_taps, fp32) still use `bb`
+            bb = with_low_precision_linears(bb, self.engine.dtype)
         self.eager_tokens = bb.tokens
         self.tokens_fn = bb.tokens
         if self.engine.compile:
@@ -138,8 +164,11 @@ class BatchRunner:
         self.info["batch_size_final"] = self.micro
         return {k: torch.cat([o[k] for o in outs]) for k in outs[0]} if len(outs) > 1 else outs[0]
 
+    def _workers(self) -> int:
+        return default_workers(self.device.type) if self.engine.workers is None else self.engine.workers
+
     def _loader(self, paths: list[Path], batches: list[list[int]]) -> DataLoader:
-        workers = default_workers(self.device.type) if self.engine.workers is None else self.engine.workers
+        workers = self._workers()
         gpu = self.engine.decode == "gpu"
         return DataLoader(
             EncodedDataset(paths) if gpu else ImageDataset(paths, self.model.transform),
@@ -169,6 +198,8 @@ class BatchRunner:
         n_done = 0
         t0 = time.perf_counter()
         loader = self._loader(paths, [b for _, b in batches])
+        if self._workers() == 0 and THREAD_DECODE:
+            loader = prefetched(loader)
         with image_progress(progress) as bar, torch.inference_mode():
             task = bar.add_task(description, total=total, rate="")
             for (c, members), (idx, batch, errors) in zip(batches, loader, strict=True):

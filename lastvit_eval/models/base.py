@@ -132,7 +132,7 @@ class LoadedModel:
     @property
     def has_class_token(self) -> bool:
         """Prefix tokens are CLS (and a distillation token) plus registers: registers alone are no class token."""
-        return self.backbone.num_prefix_tokens - (self.arch.num_registers or 0) >= 1
+        return self.arch.num_prefix_tokens - (self.arch.num_registers or 0) >= 1  # arch: a lazy model stays unbuilt
 
     @property
     def name(self) -> str:

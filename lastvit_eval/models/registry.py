@@ -25,8 +25,13 @@ def _adapters():
                 raise
 
 
-def load_model(checkpoint: str | Path, opts: LoadOptions | None = None) -> LoadedModel:
-    """Load a checkpoint file, or a hub name like `torchvision:vit_b_16` / `timm:NAME` / `openclip:ARCH/TAG`."""
+def load_model(checkpoint: str | Path, opts: LoadOptions | None = None, store_root: Path | None = None) -> LoadedModel:
+    """Load a checkpoint file, or a hub name like `torchvision:vit_b_16` / `timm:NAME` / `openclip:ARCH/TAG`.
+
+    With `store_root` (the feature store a command will read), a file that loaded in full before with the
+    same options comes back as a `LazyLoadedModel` (no module built until `.backbone` is used), and a full
+    load is remembered there once the store exists (`lazy.remember`, called by the extraction).
+    """
     opts = opts or LoadOptions()
     text = str(checkpoint)
     if ":" in text and not Path(text).exists() and text.split(":", 1)[0] in ("torchvision", "timm", "openclip"):
@@ -34,8 +39,41 @@ def load_model(checkpoint: str | Path, opts: LoadOptions | None = None) -> Loade
 
         return _with_options(load_hub(text, opts), opts)
     path = Path(text)
+    if store_root is None or not path.is_file():
+        return _load_file(path, opts)
+    from . import lazy
+
+    try:
+        stat, sha = _file_hash(path, Path(store_root))
+    except OSError:
+        return _load_file(path, opts)  # unreadable: the full load says why, in one line
+    key = lazy.record_key(path, sha, opts)
+    record = lazy.read_record(store_root, key)
+    if record is not None and record.get("sha256") == sha:
+        return lazy.lazy_model(record, opts, lambda: _load_file(path, opts))
+    model = _load_file(path, opts, sha)
+    model.__dict__["_pending_record"] = (Path(store_root), key, path, stat, sha)
+    return model
+
+
+def _file_hash(path: Path, store_root: Path):
+    """(stat, sha256): from the store's hash memo when the file is unchanged since it was hashed."""
+    import os
+
+    st = os.stat(path)
+    memo = store_root / "hashes.sqlite"
+    if memo.is_file():
+        from ..engine.hashing import content_hashes
+
+        sha = content_hashes([path], memo)[0]
+        if sha is not None:
+            return None, sha  # content_hashes stored it
+    return st, sha256_file(path)
+
+
+def _load_file(path: Path, opts: LoadOptions, sha: str | None = None) -> LoadedModel:
     raw = read_checkpoint(path, trust=opts.trust)
-    sha = sha256_file(path)
+    sha = sha or sha256_file(path)
     adapters = list(_adapters())
     family = opts.family or ("timm" if opts.arch else None)  # --arch names a timm model: the timm adapter builds it
     if opts.arch and family != "timm":
