@@ -3,6 +3,10 @@
 The union of the taps the evaluators declare is extracted once per split through the feature store
 (test: the union of the images every evaluator selected; train: all of it), then each evaluator gets,
 per pooling, only its rows of those arrays. Dispatch is the registry's: nothing here names an evaluator.
+
+When the test split has a single evaluator and it defines `reduce` (`evaluators/base.py`), extraction applies
+it chunk by chunk and keeps only its small per-image outputs (`_Reducer`): CorLoc at full resolution never
+holds a split's ragged keys, only one chunk's.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from .engine import distributed
 from .engine.extract import Features, extract
 from .engine.taps import POOLING_FREE, TapRequest
 from .errors import InputError
-from .evaluators.base import Inputs, SplitInputs
+from .evaluators.base import Evaluator, Inputs, SplitInputs
 from .plan import Plan, describe
 from .report.outdir import claim_output_dir, release_output_dir
 from .report.write import atomic_write_text, write_run
@@ -61,10 +65,48 @@ def _split_features(plan: Plan, role: str, positions: np.ndarray) -> tuple[Featu
         arrays = {k: (v if whole else np.asarray(v)[positions]) for k, v in fs.arrays.items()}  # no copy of a bank
         return Features(index=np.arange(len(positions)), arrays=arrays, device="features file"), ids
     request = TapRequest(plan.poolings, plan.taps(role))
+    reducer = _reducer(plan, ids) if role == "test" else None
     feats = extract(plan.model, [split.paths[i] for i in positions], request, plan.engine,
                     store=plan.request.store, progress=plan.request.progress,
-                    description=f"{plan.model.name} {role}", widen=role == "test")
+                    description=f"{plan.model.name} {role}", widen=role == "test", reduce=reducer)
+    if reducer is not None:
+        feats.pooling_free = reducer.names
     return feats, ids
+
+
+class _Reducer:
+    """The evaluator's `reduce` over extraction's tap keys: called once when it reads pooling-free taps only
+    (outputs keep their names), else once per pooling on that pooling's taps (outputs named `name/pooling`)."""
+
+    def __init__(self, ev: Evaluator, plan: Plan, ids: list[str]) -> None:
+        self.ev, self.ids = ev, ids
+        self.poolings = [None] if ev.taps <= POOLING_FREE else [p.name for p in plan.poolings]
+        self.names: set[str] = set()  # pooling-free outputs
+
+    def __call__(self, arrays: dict[str, np.ndarray], positions: np.ndarray) -> dict[str, np.ndarray]:
+        ids = [self.ids[i] for i in positions]
+        out = {}
+        for pooling in self.poolings:
+            taps = {}
+            for key, v in arrays.items():
+                tap, _, name = key.partition("/")
+                if tap in self.ev.taps and ((not name and tap in POOLING_FREE) or (pooling and name == pooling)):
+                    taps[tap] = v
+            if not taps:  # e.g. votes of a non-LAST pooling: evaluate reports the missing tap
+                continue
+            for k, v in self.ev.reduce(taps, ids).items():
+                if pooling is None:
+                    self.names.add(k)
+                out[k if pooling is None else f"{k}/{pooling}"] = v
+        return out
+
+
+def _reducer(plan: Plan, ids: list[str]) -> _Reducer | None:
+    """A reducer when one evaluator reads the test taps and defines `reduce` (shared taps stay whole)."""
+    users = plan.uses("test")
+    if len(users) != 1 or type(users[0]).reduce is Evaluator.reduce:
+        return None
+    return _Reducer(users[0], plan, ids)
 
 
 def _inputs_for(feats: Features, ids: list[str], labels: np.ndarray, pooling: str,
@@ -72,7 +114,7 @@ def _inputs_for(feats: Features, ids: list[str], labels: np.ndarray, pooling: st
     arrays = {}
     for key, v in feats.arrays.items():
         tap, _, name = key.partition("/")
-        if tap in POOLING_FREE and not name:
+        if (tap in POOLING_FREE or tap in feats.pooling_free) and not name:
             arrays[tap] = v if rows is None else v[rows]
         elif name == pooling:
             arrays[tap] = v if rows is None else v[rows]

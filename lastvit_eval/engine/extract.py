@@ -7,11 +7,18 @@ the arrays in the order of `paths`. With `widen=True` a forward also keeps the c
 standard poolings (cls, gap, last-k1), so that a later command asking for another of them on the same
 images reads instead of forwarding again. Under torch.distributed, chunks go to ranks in turn; rank 0
 assembles, other ranks return `assembled=False`.
+
+Streaming reduction (`reduce=`): a caller whose single consumer only needs a small per-image result (CorLoc: a
+box from ragged full-resolution keys) passes a reducer; it is applied chunk by chunk, as images are forwarded
+(no store: full-resolution chunks of `REDUCE_CHUNK` images) or as they are read back from the store (one
+shard's images at a time), and only its outputs are kept, so at most a chunk of taps is held at once. What is
+written to the store is always the unreduced taps.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,12 +30,16 @@ from ..models.lazy import remember
 from ..pooling import PoolingSpec
 from . import distributed
 from .device import EngineSpec, resolve_device
-from .full_res import stack_rows, uses_store
+from .full_res import is_full_res, stack_rows, uses_store
 from .hashing import content_hashes
 from .progress import console
 from .runner import BatchRunner, ForwardFn, default_workers  # noqa: F401  (default_workers: re-exported)
 from .store import CorruptShard, FeatureSpace, StoreSpec, space_parts  # noqa: F401
 from .taps import CHEAP_TAPS, TapRequest, forward_taps
+
+# (tap arrays of some images, their positions in the path list) -> per-image reduced arrays, rows aligned
+Reducer = Callable[[dict[str, np.ndarray], np.ndarray], dict[str, np.ndarray]]
+REDUCE_CHUNK = 16  # full resolution, no store: images forwarded (batch 1) before their taps are reduced
 
 STANDARD_POOLINGS = (PoolingSpec("cls"), PoolingSpec("gap"), PoolingSpec("last", topk=1))
 
@@ -44,6 +55,7 @@ class Features:
     store: dict = field(default_factory=dict)  # space key, images reused / computed, corrupt shards
     engine_info: dict = field(default_factory=dict)  # OOM backoffs, compile status, GPU decode parity
     compute_seconds: float = 0.0  # time spent in forward passes by this process
+    pooling_free: set[str] = field(default_factory=set)  # reduced outputs (no pooling suffix) besides the taps
 
     @property
     def images_per_second(self) -> float:
@@ -89,7 +101,9 @@ def extract(
     description: str = "forward",
     widen: bool = False,
     forward_fn: ForwardFn | None = None,
+    reduce: Reducer | None = None,
 ) -> Features:
+    """Taps (or, with `reduce`, the reducer's outputs) for `paths`; rows aligned with `Features.index`."""
     t0 = time.perf_counter()
     paths = [Path(p) for p in paths]
     d = distributed.current()
@@ -104,6 +118,8 @@ def extract(
     if space is not None:
         remember(model)  # the store exists now: a later command can plan without building the model
     shard_size = store.shard_size if store is not None else 1024
+    # batch 1 at full resolution: a smaller chunk changes no batch, only how many images' taps wait for `reduce`
+    chunk_size = REDUCE_CHUNK if (reduce is not None and space is None and is_full_res(model)) else shard_size
     hashes = content_hashes(paths, store.root / "hashes.sqlite") if use_store else [None] * len(paths)
     report = {"space": space.key if space else None, "dir": str(space.dir) if space else None,
               "images_reused": 0, "images_computed": 0, "corrupt": []}
@@ -127,7 +143,7 @@ def extract(
             # blocks of the whole path list go to ranks in turn: a partition every rank computes alike, however
             # far the others have got (a rank's view of what is missing changes as they write)
             todo = todo[(todo // shard_size) % d.world == d.rank]
-        chunks = [todo[s:s + shard_size].tolist() for s in range(0, len(todo), shard_size)]
+        chunks = [todo[s:s + chunk_size].tolist() for s in range(0, len(todo), chunk_size)]
         for _, chunk in runner.run(paths, chunks, progress and (d.is_main or not mine), description):
             for i, err in chunk.bad:
                 bad[i] = err
@@ -138,8 +154,11 @@ def extract(
                 ok = [j for j, i in enumerate(chunk.index) if hashes[i] is not None]
                 space.write({k: v[ok] for k, v in chunk.arrays.items()}, [hashes[chunk.index[j]] for j in ok])
             else:
+                rows = {k: chunk.arrays[k] for k in keys}
+                if reduce is not None:
+                    rows = reduce(rows, chunk.index)
                 for j, i in enumerate(chunk.index):
-                    memory[int(i)] = {k: chunk.arrays[k][j] for k in keys}
+                    memory[int(i)] = {k: v[j] for k, v in rows.items()}
 
     todo = missing_positions()
     report["images_reused"] = int(len(paths) - len(todo))
@@ -167,7 +186,11 @@ def extract(
         if len(rest):
             compute(rest, mine=False)
         ok = np.array([i for i in range(len(paths)) if i not in bad], dtype=np.int64)
-        arrays, lost = _assemble(ok, keys, space, hashes, memory, report)
+        if reduce is not None and space is not None:
+            arrays, lost = _read_reduced(ok, keys, space, hashes, report, reduce)
+        else:
+            arrays, lost = _assemble(ok, list(memory[int(ok[0])]) if (len(ok) and space is None) else keys, space,
+                                     hashes, memory, report)
         if not len(lost):
             break
     else:  # pragma: no cover - the store kept losing shards
@@ -197,6 +220,41 @@ def _assemble(ok: np.ndarray, keys: list[str], space: FeatureSpace | None, hashe
         if out is not None:
             arrays[k] = out
     return arrays, np.array(sorted(lost), dtype=np.int64)
+
+
+def _read_reduced(ok: np.ndarray, keys: list[str], space: FeatureSpace, hashes: list, report: dict,
+                  reduce: Reducer) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """`_assemble` for a reducer: the images of one shard (of the first key) at a time are read, reduced, dropped."""
+    if not len(ok):
+        return {k: np.zeros((0,), np.float32) for k in keys}, np.zeros(0, dtype=np.int64)
+    where = space.index(keys[0]).rows
+    groups: dict[str, list[int]] = {}
+    for i in ok:
+        groups.setdefault(where[hashes[i]][0], []).append(int(i))
+    parts: list[dict[str, np.ndarray]] = []
+    order: list[np.ndarray] = []
+    lost: set[int] = set()
+    for members in groups.values():
+        # a shard discarded as damaged earlier in this loop no longer indexes its images: recompute them
+        gone = {i for i in members if any(hashes[i] not in space.index(k).rows for k in keys)}
+        pos = np.array([i for i in members if i not in gone], dtype=np.int64)
+        taps: dict[str, np.ndarray] = {}
+        for k in keys if len(pos) else ():
+            n_corrupt = len(report["corrupt"])
+            taps[k], bad = space.read(k, [hashes[i] for i in pos], report["corrupt"])
+            for msg in report["corrupt"][n_corrupt:]:
+                console.print(f"[yellow]feature store: {msg}; recomputing its images[/]")
+            gone.update(int(pos[j]) for j in bad)
+        lost |= gone
+        if gone or not len(pos):
+            continue
+        parts.append(reduce(taps, pos))
+        order.append(pos)
+        del taps
+    if lost:
+        return {}, np.array(sorted(lost), dtype=np.int64)
+    perm = np.argsort(np.concatenate(order), kind="stable")  # back to the order of `ok` (ascending positions)
+    return {k: np.concatenate([p[k] for p in parts])[perm] for k in parts[0]}, np.zeros(0, dtype=np.int64)
 
 
 def _kept(report: dict, todo: int, bad: int, shard_size: int, d) -> str:

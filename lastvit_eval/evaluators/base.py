@@ -15,6 +15,11 @@ An evaluator declares what it needs and the pipeline (`plan.py` -> `engine/` -> 
 * `select(plan)`: which test images it evaluates (None: every labelled one), so a single-evaluator run
   forwards only those.
 * `evaluate(inputs) -> Result`.
+* `reduce(arrays, ids) -> arrays` (optional): a per-image reduction of the test taps to small per-image arrays
+  (CorLoc: keys -> a box). When an evaluator is the only one reading the test taps, extraction applies it
+  chunk by chunk as images are forwarded or read from the store, and keeps only its outputs, so a split's
+  large taps are never all in memory; `evaluate` then receives those outputs in place of the taps (and must
+  also accept the taps, reducing them itself, for runs where the taps are shared or come from a file).
 * `dense` / `dense_request(plan)`: an evaluator that scores per pixel (zero-shot segmentation) asks the
   engine's dense forward (`engine/dense_forward.py`) instead of taps; its output arrives as `inputs.dense`.
 
@@ -120,6 +125,12 @@ class Evaluator:
     def dense_request(self, plan: Plan) -> Any:
         """For `dense` evaluators: the engine.dense_forward.DenseRequest to run; None for tap evaluators."""
         return None
+
+    def reduce(self, arrays: dict[str, np.ndarray], ids: list[str]) -> dict[str, np.ndarray]:
+        """Optional: per-image taps of some test images (`ids`, rows aligned) -> small per-image arrays [n, ...].
+
+        Must not depend on which other images are in the chunk. Not overridden: the taps are kept whole."""
+        raise NotImplementedError
 
     def evaluate(self, inputs: Inputs) -> Result:
         raise NotImplementedError

@@ -16,7 +16,9 @@ Resolution (`--resolution`): `full` is LOST's (whole image, padded to a multiple
 embeddings resampled, batch 1; `engine/full_res.py`), the default for `lost` and `dino-seg`, whose
 published numbers use it; `model` is the model's Resize + CenterCrop, the default for `last-votes` (its
 earlier results and stored features stay comparable): pass `--resolution full` to compare LAST with LOST
-on one protocol. Boxes go back to original pixels: full -> scaled by the patch, x1/y1 clipped to the image
+on one protocol. Streaming: `reduce` turns each image's tap into its box ([4], NaN: no box) as images are
+forwarded (extraction keeps the boxes only: full-resolution keys of a whole split, ~3 GB for VOC07 with
+ViT-S/16, are never held at once); `evaluate` takes boxes or taps. Boxes go back to original pixels: full -> scaled by the patch, x1/y1 clipped to the image
 (`lost`, `last-votes`) or not clipped (`dino-seg`, as LOST's `dino_seg`); model -> through the inverse of the
 crop, clipped.
 """
@@ -134,12 +136,26 @@ class CorLoc(Evaluator):
             return patch_box_to_full_res(patch_box, self.patch, self.sizes[image_id], clip=o.method != "dino-seg")
         return patch_box_to_original(patch_box, self.patch, self.sizes[image_id], self.resize, self.crop)
 
+    def reduce(self, arrays: dict[str, np.ndarray], ids: list[str]) -> dict[str, np.ndarray]:
+        """Each image's tap -> its box in original pixels, float64 [n, 4] (a row of NaN: no box)."""
+        values = arrays.get(next(iter(self.taps)))
+        if values is None:
+            raise InputError(f"no {next(iter(self.taps))!r} features for this run (have: "
+                             f"{', '.join(sorted(arrays)) or 'none'})")
+        out = np.full((len(ids), 4), np.nan)
+        for j, (image_id, v) in enumerate(zip(ids, values, strict=True)):
+            b = self.box(image_id, v)
+            if b is not None:
+                out[j] = b
+        return {"box": out}
+
     def evaluate(self, inputs: Inputs) -> Result:
         from ..localization.corloc import corloc
 
         o = self.options
-        values = inputs.test.get(next(iter(self.taps)))
-        boxes = [self.box(i, v) for i, v in zip(inputs.test.ids, values, strict=True)]
+        arrays = inputs.test.arrays
+        found = arrays["box"] if "box" in arrays else self.reduce(arrays, inputs.test.ids)["box"]
+        boxes = [None if np.isnan(b).any() else tuple(float(x) for x in b) for b in found]
         res = corloc(boxes, [self.gt[i] for i in inputs.test.ids])
         rows = res.rows(inputs.test.ids, boxes, column="hit")[["image_id", "x0", "y0", "x1", "y1", "iou", "hit",
                                                               "status"]]
