@@ -7,7 +7,9 @@ lets DINO's `interpolate_pos_encoding` stretch the position embeddings to the ce
 Here: the model's transform becomes kind `full-padded` (`data/transform.full_padded`, recorded with every
 result); the runner forwards such images one at a time; the taps of one image keep their own grid, so a
 split's arrays are ragged (`stack_rows`: an object array of per-image arrays when shapes differ) and the
-feature store, which keeps fixed-shape arrays per tap, is not used for them (`uses_store`).
+feature store, which keeps fixed-shape arrays per tap, is not used for them (`uses_store`). Nor are they held
+for the whole split: extraction reduces them chunk by chunk (`extract(reduce=...)`, `REDUCE_CHUNK` images,
+e.g. CorLoc's keys -> one box per image) and keeps only the small per-image results.
 
 Position embeddings. Only the DINO / timm family is supported: its timm `VisionTransformer` is switched to
 `dynamic_img_size` mode, in which timm resamples `pos_embed` per forward with `resample_abs_pos_embed`
