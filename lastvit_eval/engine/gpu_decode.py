@@ -21,6 +21,8 @@ from .dataset import BAD_IMAGE_ERRORS, load_rgb
 
 def resize_crop(img: torch.Tensor, t: TransformSpec) -> torch.Tensor:
     """uint8 [3, H, W] on any device -> uint8 [3, crop, crop], same geometry as TransformSpec.pixels."""
+    if t.kind == "squash":
+        return TF.resize(img, [t.crop, t.crop], interpolation=interpolation(t.interpolation), antialias=True)
     img = TF.resize(img, [t.resize], interpolation=interpolation(t.interpolation), antialias=True)
     return TF.center_crop(img, [t.crop])
 
