@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from open_clip.model import CustomTextCLIP
 from open_clip.transform import image_transform
 from PIL import Image
+from test_models_openclip_towers import SIGLIP_CFG, _save_hf
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from typer.testing import CliRunner
@@ -27,7 +28,6 @@ from lastvit_eval.geometry import box_to_crop_coords, box_to_crop_pixels, input_
 from lastvit_eval.localization.boxes_from_maps import patch_box_to_original
 from lastvit_eval.localization.coarse_seg import labels_to_crop
 from lastvit_eval.models import load_model
-from tests.test_models_openclip_towers import SIGLIP_CFG, _save_hf
 
 runner = CliRunner()
 SIZES = [(500, 375), (375, 500)]

@@ -1,4 +1,4 @@
-"""Opt-in GPU decode (`--decode gpu`): nvJPEG through torchvision, then resize + crop on the device.
+"""Opt-in GPU decode (`--decode gpu`): nvJPEG through torchvision, then resize + crop (or squash) on the device.
 
 Workers only read file bytes; decoding and the antialiased resize run on the GPU. The pixels are close
 to, not equal to, the PIL path (different IDCT / chroma upsampling and resize rounding), so a run
