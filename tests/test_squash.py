@@ -261,3 +261,25 @@ def test_cli_patch_hit_on_squash_siglip_records_kind(tmp_path, imagenet_root):
     assert r.exit_code == 0, r.output
     rec2 = json.loads((out2 / "map" / "metrics.json").read_text())
     assert "kind" not in rec2["provenance"]["transform"] and rec2["info"]["patch-hit"]["evaluated"] == 5
+
+
+@pytest.mark.parametrize("mode, kind", [("squash", "squash"), ("shortest", "resize-crop")])
+def test_hub_name_follows_the_pretrained_resize_mode(tmp_path, monkeypatch, mode, kind):
+    """`openclip:ARCH/TAG`: the pretrained config's resize_mode decides (as open_clip's create_model_and_transforms
+    does); the tiny tower's file stands in for the cached download, open_clip's config look-ups return its config."""
+    import open_clip
+
+    import lastvit_eval.models.hub as hub
+
+    path = _siglip(tmp_path / "w", None)
+    pre = {"hf_hub": "timm/tiny-siglip/", "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bicubic",
+           "resize_mode": mode}
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda arch, tag: pre)
+    monkeypatch.setattr(open_clip, "get_model_config", lambda arch: json.loads(json.dumps(SIGLIP_CFG)))
+    monkeypatch.setattr(hub, "cached_hf", lambda repo, files: path)
+    m = load_model("openclip:Tiny-SigLIP/webli")
+    assert m.transform.kind == kind and m.transform.crop == 32 and m.transform.mean == (0.5, 0.5, 0.5)
+    assert any(s.startswith("preprocessing:") for s in m.keys.steps) == (kind == "squash")
+    monkeypatch.setitem(pre, "resize_mode", "longest")
+    with pytest.raises(InputError, match=r"^openclip:Tiny-SigLIP/webli: .*resize_mode='longest'"):
+        load_model("openclip:Tiny-SigLIP/webli")
