@@ -116,5 +116,6 @@ def open_clip_resize_mode(spec: TransformSpec, mode: str | None, source: str) ->
         return squash(spec)
     from ..errors import InputError
 
-    raise InputError(f"{source}: open_clip preprocesses this model with resize_mode={mode!r} (resize the long side "
-                     "+ pad), which lastvit-eval does not reproduce (it does 'shortest' and 'squash')")
+    what = " (resize the long side + pad)" if mode == "longest" else ""
+    raise InputError(f"{source}: open_clip preprocesses this model with resize_mode={mode!r}{what}, which "
+                     "lastvit-eval does not reproduce (it does 'shortest' and 'squash')")
