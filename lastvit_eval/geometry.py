@@ -6,6 +6,11 @@ original coordinate x to x * new_w / w, so a crop pixel belongs to the box when 
 the box. Sizes and offsets follow torchvision: the short side becomes `resize`, the long side
 int(resize * long / short); the crop offset is int(round((size - crop) / 2)).
 Integer arithmetic (fractions) keeps pixel membership exact at ties.
+
+Two transform kinds (`TransformSpec.kind`) share one affine map (`input_map`: original -> input pixels,
+x * scale_x - offset_x): `resize-crop` (the above) and `squash` (open_clip's resize_mode='squash', e.g.
+SigLIP: the whole image resized to crop x crop, aspect ratio not kept, no crop, so offsets are 0 and no box
+falls outside). Every function below goes through it, so the two kinds cannot drift apart.
 """
 
 from __future__ import annotations
@@ -31,42 +36,73 @@ def crop_offsets(w: int, h: int, crop: int) -> tuple[int, int]:
     return int(round((w - crop) / 2.0)), int(round((h - crop) / 2.0))
 
 
-def _axis_range(a0: float, a1: float, size: int, new: int, offset: int, crop: int) -> tuple[int, int]:
+TransformKind = Literal["resize-crop", "squash"]
+
+
+def input_resize(w: int, h: int, resize: int, crop: int, kind: TransformKind = "resize-crop") -> tuple[int, int]:
+    """(new_w, new_h) of the resize step before the center crop: short side -> `resize`, or squash to crop x crop."""
+    if kind == "squash":
+        return crop, crop
+    if kind == "resize-crop":
+        return resized_size(w, h, resize)
+    raise ValueError(f"transform kind {kind!r} has no resize + crop geometry")
+
+
+def input_map(
+    w: int, h: int, resize: int, crop: int, kind: TransformKind = "resize-crop"
+) -> tuple[Fraction, Fraction, int, int]:
+    """(scale_x, scale_y, offset_x, offset_y): original x -> input x * scale_x - offset_x (same for y), exact.
+
+    The one map every annotation takes to the model's input grid (and CorLoc's boxes take back)."""
+    nw, nh = input_resize(w, h, resize, crop, kind)
+    left, top = crop_offsets(nw, nh, crop)
+    return Fraction(nw, w), Fraction(nh, h), left, top
+
+
+def _axis_range(a0: float, a1: float, scale: Fraction, offset: int, crop: int) -> tuple[int, int]:
     """Crop pixel indices [i0, i1) whose centres map inside [a0, a1) along one axis."""
-    # pixel i (crop coords) has centre (i + offset + 1/2) * size / new in original coords.
-    # i + offset + 1/2 >= a0 * new / size  <=>  i >= ceil(a0 * new / size - offset - 1/2)
-    s = Fraction(new, size)
-    lo = math.ceil(Fraction(a0) * s - offset - Fraction(1, 2))
-    hi = math.ceil(Fraction(a1) * s - offset - Fraction(1, 2))
+    # pixel i (crop coords) has centre (i + offset + 1/2) / scale in original coords.
+    # i + offset + 1/2 >= a0 * scale  <=>  i >= ceil(a0 * scale - offset - 1/2)
+    lo = math.ceil(Fraction(a0) * scale - offset - Fraction(1, 2))
+    hi = math.ceil(Fraction(a1) * scale - offset - Fraction(1, 2))
     return max(lo, 0), min(max(hi, 0), crop)
 
 
 def box_to_crop_pixels(
-    box: tuple[float, float, float, float], w: int, h: int, resize: int, crop: int
+    box: tuple[float, float, float, float], w: int, h: int, resize: int, crop: int,
+    kind: TransformKind = "resize-crop",
 ) -> tuple[int, int, int, int]:
     """Box in original coords -> crop pixel index ranges (c0, r0, c1, r1), half-open, maybe empty."""
-    nw, nh = resized_size(w, h, resize)
-    left, top = crop_offsets(nw, nh, crop)
-    c0, c1 = _axis_range(box[0], box[2], w, nw, left, crop)
-    r0, r1 = _axis_range(box[1], box[3], h, nh, top, crop)
+    sx, sy, left, top = input_map(w, h, resize, crop, kind)
+    c0, c1 = _axis_range(box[0], box[2], sx, left, crop)
+    r0, r1 = _axis_range(box[1], box[3], sy, top, crop)
     return c0, r0, c1, r1
 
 
 def box_to_crop_coords(
-    box: tuple[float, float, float, float], w: int, h: int, resize: int, crop: int
+    box: tuple[float, float, float, float], w: int, h: int, resize: int, crop: int,
+    kind: TransformKind = "resize-crop",
 ) -> tuple[float, float, float, float]:
     """Box in original coords -> continuous coords in the crop (may extend outside [0, crop])."""
-    nw, nh = resized_size(w, h, resize)
-    left, top = crop_offsets(nw, nh, crop)
-    sx, sy = nw / w, nh / h
+    fx, fy, left, top = input_map(w, h, resize, crop, kind)
+    sx, sy = float(fx), float(fy)
     return box[0] * sx - left, box[1] * sy - top, box[2] * sx - left, box[3] * sy - top
 
 
-def boxes_mask(boxes, w: int, h: int, resize: int, crop: int) -> np.ndarray:
+def input_to_original(
+    box: tuple[float, float, float, float], w: int, h: int, resize: int, crop: int,
+    kind: TransformKind = "resize-crop",
+) -> tuple[float, float, float, float]:
+    """Box in input (crop) pixels -> original pixels: the inverse of `box_to_crop_coords` (not clipped)."""
+    fx, fy, left, top = input_map(w, h, resize, crop, kind)
+    return ((box[0] + left) / fx, (box[1] + top) / fy, (box[2] + left) / fx, (box[3] + top) / fy)
+
+
+def boxes_mask(boxes, w: int, h: int, resize: int, crop: int, kind: TransformKind = "resize-crop") -> np.ndarray:
     """Union of boxes as a boolean pixel mask [crop, crop] of the cropped image."""
     mask = np.zeros((crop, crop), dtype=bool)
     for box in boxes:
-        c0, r0, c1, r1 = box_to_crop_pixels(box, w, h, resize, crop)
+        c0, r0, c1, r1 = box_to_crop_pixels(box, w, h, resize, crop, kind)
         mask[r0:r1, c0:c1] = True
     return mask
 
@@ -79,7 +115,8 @@ def patch_fraction(mask: np.ndarray, patch: int) -> np.ndarray:
 
 
 def patch_targets(
-    boxes, w: int, h: int, resize: int, crop: int, patch: int, rule: HitRule = "any", fg_fraction: float = 0.5
+    boxes, w: int, h: int, resize: int, crop: int, patch: int, rule: HitRule = "any", fg_fraction: float = 0.5,
+    kind: TransformKind = "resize-crop",
 ) -> np.ndarray:
     """Which patches count as a hit for these boxes, flattened row-major -> bool [gh * gw].
 
@@ -91,12 +128,12 @@ def patch_targets(
         centres = (np.arange(g) + 0.5) * patch
         out = np.zeros((g, g), dtype=bool)
         for box in boxes:
-            x0, y0, x1, y1 = box_to_crop_coords(box, w, h, resize, crop)
+            x0, y0, x1, y1 = box_to_crop_coords(box, w, h, resize, crop, kind)
             inx = (centres >= x0) & (centres < x1)
             iny = (centres >= y0) & (centres < y1)
             out |= iny[:, None] & inx[None, :]
         return out.reshape(-1)
-    frac = patch_fraction(boxes_mask(boxes, w, h, resize, crop), patch)
+    frac = patch_fraction(boxes_mask(boxes, w, h, resize, crop, kind), patch)
     if rule == "any":
         return (frac > 0).reshape(-1)
     if rule == "majority":

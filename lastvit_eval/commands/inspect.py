@@ -94,7 +94,8 @@ def inspect_cmd(
         ("projection", f"{a.embed_dim}-d" if a.embed_dim else "none"),
         ("parameters", f"{model.params:,}"),
         *_key_rows(info, a)[2:],
-        ("transform", f"resize {t.resize} {t.interpolation}, crop {t.crop}, mean {t.mean}, std {t.std}"),
+        ("transform", (f"squash to {t.crop}x{t.crop} {t.interpolation}" if t.kind == "squash" else
+                       f"resize {t.resize} {t.interpolation}, crop {t.crop}") + f", mean {t.mean}, std {t.std}"),
         ("sha256", model.sha256 or "n/a"),
     ]
     for key, value in info["details"].items():

@@ -99,10 +99,14 @@ class MaskSource:
         return m
 
 
-def mask_to_crop(mask: np.ndarray, resize: int, crop: int) -> np.ndarray:
+def mask_to_crop(mask: np.ndarray, resize: int, crop: int, kind: str = "resize-crop") -> np.ndarray:
+    """Mask through the model's resize (geometry.input_resize: short side, or squash) + center crop, nearest."""
     from torchvision.transforms import InterpolationMode  # here: importing torchvision costs a command seconds
     from torchvision.transforms.v2 import functional as TF
 
+    from ..geometry import input_resize
+
+    nw, nh = input_resize(mask.shape[1], mask.shape[0], resize, crop, kind)
     t = torch.from_numpy(mask.astype(np.uint8))[None]
-    t = TF.resize(t, [resize], interpolation=InterpolationMode.NEAREST_EXACT)
+    t = TF.resize(t, [nh, nw], interpolation=InterpolationMode.NEAREST_EXACT)
     return TF.center_crop(t, [crop])[0].numpy().astype(bool)

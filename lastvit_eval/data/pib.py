@@ -127,16 +127,16 @@ def load_pib_data(
 
 def targets_for(
     data: PibData, resize: int, crop: int, patch: int, rule: HitRule, fg_fraction: float = 0.5,
-    rows: list[int] | None = None,
+    rows: list[int] | None = None, kind: str = "resize-crop",
 ) -> np.ndarray:
     """[n_images, n_patches] bool: which patches count as inside each image's box(es) or mask
-    (for the records `rows` only, when given)."""
+    (for the records `rows` only, when given), through the model's transform `kind` (geometry.input_map)."""
     if rows is not None:
         data = replace(data, records=[data.records[i] for i in rows], sizes=[data.sizes[i] for i in rows])
     if data.masks is not None:
         return np.stack(
             [
-                mask_patch_targets(mask_to_crop(data.masks.mask(r.image_id, size), resize, crop), patch, rule,
+                mask_patch_targets(mask_to_crop(data.masks.mask(r.image_id, size), resize, crop, kind), patch, rule,
                                    fg_fraction)
                 for r, size in zip(data.records, data.sizes, strict=True)
             ]
@@ -144,7 +144,7 @@ def targets_for(
     return np.stack(
         [
             patch_targets([b.as_tuple() for b in data.annotations[r.image_id].boxes], w, h, resize, crop, patch, rule,
-                          fg_fraction)
+                          fg_fraction, kind)
             for r, (w, h) in zip(data.records, data.sizes, strict=True)
         ]
     )

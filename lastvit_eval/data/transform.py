@@ -1,5 +1,9 @@
 """Preprocessing as a recorded spec: resize (short side) + center crop, then normalization on device.
 
+Kind `squash` (open_clip's resize_mode='squash', SigLIP's own preprocessing): the whole image resized to
+crop x crop, aspect ratio not kept, no crop; open_clip does it with torchvision's Resize((n, n)) on the PIL
+image (PIL's resampling, always antialiased), which is the call made here.
+
 The pixel pipeline is torchvision's own (v2 Resize and CenterCrop on PIL images, as the reference
 weights were evaluated); `geometry.py` reproduces its size and offset arithmetic for annotations.
 """
@@ -15,6 +19,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+KINDS = ("resize-crop", "squash", "full-padded")
 
 def interpolation(name: str):
     """torchvision's InterpolationMode for a spec's name (torchvision imported only when pixels are made:
@@ -34,9 +39,14 @@ class TransformSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     backend: str = "pil"
     # "resize-crop" (the above), or "full-padded": the whole image at its own size, zero-padded after
-    # normalisation at the bottom/right to a multiple of `pad_multiple` (LOST's object-discovery protocol)
+    # normalisation at the bottom/right to a multiple of `pad_multiple` (LOST's object-discovery protocol),
+    # or "squash": resized to crop x crop (aspect ratio not kept, no crop; `resize` == `crop`)
     kind: str = "resize-crop"
     pad_multiple: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown transform kind {self.kind!r} (known: {', '.join(KINDS)})")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -49,6 +59,9 @@ class TransformSpec:
         from torchvision.transforms.v2 import functional as TF
 
         if self.kind == "full-padded":
+            return TF.pil_to_tensor(img)
+        if self.kind == "squash":
+            img = TF.resize(img, [self.crop, self.crop], interpolation=interpolation(self.interpolation), antialias=True)
             return TF.pil_to_tensor(img)
         img = TF.resize(img, [self.resize], interpolation=interpolation(self.interpolation), antialias=True)
         img = TF.center_crop(img, [self.crop])
@@ -84,3 +97,25 @@ def dino_vit(image_size: int = 224) -> TransformSpec:
 
 def clip_vit(image_size: int = 224) -> TransformSpec:
     return TransformSpec(resize=image_size, crop=image_size, interpolation="bicubic", mean=CLIP_MEAN, std=CLIP_STD)
+
+
+def squash(spec: TransformSpec) -> TransformSpec:
+    """`spec` with the whole image resized to crop x crop (open_clip resize_mode='squash'), no crop."""
+    from dataclasses import replace
+
+    return replace(spec, resize=spec.crop, kind="squash", pad_multiple=0)
+
+
+def open_clip_resize_mode(spec: TransformSpec, mode: str | None, source: str) -> TransformSpec:
+    """`spec` following open_clip's `resize_mode` (its `image_transform`): 'shortest' (or none) = resize the
+    short side + center crop (as is), 'squash' = `squash(spec)`; 'longest' (resize the long side, then pad) is
+    not reproduced and refused, so a model is never scored on a preprocessing other than its own."""
+    if mode in (None, "shortest"):
+        return spec
+    if mode == "squash":
+        return squash(spec)
+    from ..errors import InputError
+
+    what = " (resize the long side + pad)" if mode == "longest" else ""
+    raise InputError(f"{source}: open_clip preprocesses this model with resize_mode={mode!r}{what}, which "
+                     "lastvit-eval does not reproduce (it does 'shortest' and 'squash')")

@@ -1,4 +1,4 @@
-"""Opt-in GPU decode (`--decode gpu`): nvJPEG through torchvision, then resize + crop on the device.
+"""Opt-in GPU decode (`--decode gpu`): nvJPEG through torchvision, then resize + crop (or squash) on the device.
 
 Workers only read file bytes; decoding and the antialiased resize run on the GPU. The pixels are close
 to, not equal to, the PIL path (different IDCT / chroma upsampling and resize rounding), so a run
@@ -21,6 +21,8 @@ from .dataset import BAD_IMAGE_ERRORS, load_rgb
 
 def resize_crop(img: torch.Tensor, t: TransformSpec) -> torch.Tensor:
     """uint8 [3, H, W] on any device -> uint8 [3, crop, crop], same geometry as TransformSpec.pixels."""
+    if t.kind == "squash":
+        return TF.resize(img, [t.crop, t.crop], interpolation=interpolation(t.interpolation), antialias=True)
     img = TF.resize(img, [t.resize], interpolation=interpolation(t.interpolation), antialias=True)
     return TF.center_crop(img, [t.crop])
 

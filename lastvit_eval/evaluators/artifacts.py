@@ -94,12 +94,15 @@ def outlier_mask(patch_norms: np.ndarray, ratio: float = DEFAULT_RATIO,
     return thr, pn > thr[:, None]
 
 
-def object_patches(boxes, size: tuple[int, int], resize: int, crop: int, patch: int) -> np.ndarray:
-    """bool [P]: patches more than half inside the union of `boxes` (original pixels) after Resize + CenterCrop."""
+def object_patches(boxes, size: tuple[int, int], resize: int, crop: int, patch: int,
+                   kind: str = "resize-crop") -> np.ndarray:
+    """bool [P]: patches more than half inside the union of `boxes` (original pixels) after Resize + CenterCrop
+    (or the squash to crop x crop, kind `squash`)."""
     from ..geometry import patch_targets
 
     w, h = size
-    return patch_targets([tuple(float(v) for v in b) for b in boxes], w, h, resize, crop, patch, "majority", 0.5)
+    return patch_targets([tuple(float(v) for v in b) for b in boxes], w, h, resize, crop, patch, "majority", 0.5,
+                         kind)
 
 
 def _block_label(j: int) -> str:
@@ -335,17 +338,19 @@ class Artifacts(Evaluator):
             if kind == "voc":
                 seg = src.root / "SegmentationClass" / f"{i}.png"
                 if seg.is_file():
-                    labels = labels_to_crop(src.segmentation(i), t.resize, t.crop)
+                    labels = labels_to_crop(src.segmentation(i), t.resize, t.crop, t.kind)
                     out[i] = mask_patch_targets((labels > 0) & (labels < 255), patch, "majority", 0.5)
                     continue
-                out[i] = object_patches(src.annotation(i).boxes(), read_size(path_of[i]), t.resize, t.crop, patch)
+                out[i] = object_patches(src.annotation(i).boxes(), read_size(path_of[i]), t.resize, t.crop, patch,
+                                        t.kind)
             elif kind == "masks":
                 if i in self.mask_ids:
-                    out[i] = mask_patch_targets(mask_to_crop(src.mask(i, read_size(path_of[i])), t.resize, t.crop),
+                    out[i] = mask_patch_targets(mask_to_crop(src.mask(i, read_size(path_of[i])), t.resize, t.crop,
+                                                             t.kind),
                                                 patch, "majority", 0.5)
             elif i in src and src[i].boxes:
                 out[i] = object_patches([b.as_tuple() for b in src[i].boxes], read_size(path_of[i]), t.resize, t.crop,
-                                        patch)
+                                        patch, t.kind)
         return out
 
     def evaluate(self, inputs: Inputs) -> Result:

@@ -58,7 +58,7 @@ class CoarseSeg(Evaluator):
                              f"the set does not exist ({len(missing)} missing)")
         self.voc = plan.voc
         t, arch = plan.model.transform, plan.model.arch
-        self.resize, self.crop, self.grid = t.resize, t.crop, arch.grid
+        self.resize, self.crop, self.grid, self.kind = t.resize, t.crop, arch.grid, t.kind
 
     def evaluate(self, inputs: Inputs) -> Result:
         from ..localization.coarse_seg import coarse_seg_counts, labels_to_crop, seg_iou_metrics
@@ -67,7 +67,7 @@ class CoarseSeg(Evaluator):
         thresholds = [(str(t).replace(".", "_").replace("-", "m"), _threshold(str(t))) for t in self.options.thresholds]
         counts = {name: [] for name, _ in thresholds}
         for i, s in zip(inputs.test.ids, scores, strict=True):
-            labels = labels_to_crop(self.voc.segmentation(i), self.resize, self.crop)
+            labels = labels_to_crop(self.voc.segmentation(i), self.resize, self.crop, self.kind)
             for name, thr in thresholds:
                 counts[name].append(coarse_seg_counts(s, labels, thr, self.grid))
         metrics, rows = {}, pd.DataFrame({"image_id": inputs.test.ids})

@@ -105,6 +105,7 @@ class CorLoc(Evaluator):
         t, arch = plan.model.transform, plan.model.arch
         self.full = getattr(t, "kind", "resize-crop") == "full-padded"
         self.resize, self.crop, self.patch, self.grid = t.resize, t.crop, arch.patch_size, arch.grid
+        self.kind = t.kind
 
     def _grid(self, image_id: str) -> tuple[int, int]:
         from ..localization.boxes_from_maps import padded_grid
@@ -134,7 +135,7 @@ class CorLoc(Evaluator):
             return None
         if self.full:
             return patch_box_to_full_res(patch_box, self.patch, self.sizes[image_id], clip=o.method != "dino-seg")
-        return patch_box_to_original(patch_box, self.patch, self.sizes[image_id], self.resize, self.crop)
+        return patch_box_to_original(patch_box, self.patch, self.sizes[image_id], self.resize, self.crop, self.kind)
 
     def reduce(self, arrays: dict[str, np.ndarray], ids: list[str]) -> dict[str, np.ndarray]:
         """Each image's tap -> its box in original pixels, float64 [n, 4] (a row of NaN: no box)."""

@@ -134,14 +134,14 @@ class PatchHit(Evaluator):
         data = load_pib_data(plan.root, plan.request.boxes, filt, plan.engine.on_bad_image, split=plan.split,
                              masks=masks, **plan.annotation_policy())
         t, arch = plan.model.transform, plan.model.arch
-        targets = targets_for(data, t.resize, t.crop, arch.patch_size, self.rule, o.fg_fraction)
+        targets = targets_for(data, t.resize, t.crop, arch.patch_size, self.rule, o.fg_fraction, kind=t.kind)
         inside = targets.any(axis=1)
         outside = [r.image_id for r, ok in zip(data.records, inside, strict=True) if not ok]
         if outside:
             data.dropped["object outside the crop" if masks else "box outside the crop"] = outside
         keep = np.flatnonzero(inside)
         if keep.size == 0:
-            raise InputError(f"{plan.root}: no image has a box inside the {t.crop}x{t.crop} center crop")
+            raise InputError(f"{plan.root}: no image has a box inside the {t.crop}x{t.crop} model input ({t.kind})")
         self.data, self.targets, self.grid = data, targets, arch.grid
         self.row_of = {data.records[i].image_id: int(i) for i in keep}
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..geometry import crop_offsets, resized_size
+from ..geometry import input_to_original
 
 PatchBox = tuple[int, int, int, int]  # (c0, r0, c1, r1), patch units, half-open
 PixelBox = tuple[float, float, float, float]  # (x0, y0, x1, y1), pixel-edge, x1/y1 exclusive
@@ -106,16 +106,15 @@ def patch_box_to_full_res(box: PatchBox, patch: int, image_size: tuple[int, int]
 
 
 def patch_box_to_original(box: PatchBox, patch: int, image_size: tuple[int, int], resize: int,
-                          crop: int) -> PixelBox:
-    """Patch box on the crop grid -> original pixels: the inverse of Resize(resize, short side) + CenterCrop(crop).
+                          crop: int, kind: str = "resize-crop") -> PixelBox:
+    """Patch box on the crop grid -> original pixels: the inverse of Resize(resize, short side) + CenterCrop(crop)
+    (or of the squash to crop x crop, kind `squash`).
 
-    A crop coordinate u maps back to (u + left) * w / new_w (exact inverse of geometry.box_to_crop_coords),
-    clipped to the image.
+    A crop coordinate u maps back to (u + left) * w / new_w (geometry.input_to_original, the exact inverse of
+    geometry.box_to_crop_coords), clipped to the image.
     """
     w, h = image_size
-    nw, nh = resized_size(w, h, resize)
-    left, top = crop_offsets(nw, nh, crop)
     c0, r0, c1, r1 = box
-    x0, x1 = ((c * patch + left) * w / nw for c in (c0, c1))
-    y0, y1 = ((r * patch + top) * h / nh for r in (r0, r1))
+    x0, y0, x1, y1 = (float(v) for v in input_to_original((c0 * patch, r0 * patch, c1 * patch, r1 * patch),
+                                                          w, h, resize, crop, kind))
     return (min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h))

@@ -53,16 +53,21 @@ def full_res_score_map(scores: np.ndarray, grid: tuple[int, int], patch: int,
     return full[:h, :w]
 
 
-def labels_to_crop(labels: np.ndarray, resize: int, crop: int) -> np.ndarray:
-    """Label map through Resize(resize, short side) + CenterCrop(crop), nearest (torchvision NEAREST_EXACT).
+def labels_to_crop(labels: np.ndarray, resize: int, crop: int, kind: str = "resize-crop") -> np.ndarray:
+    """Label map through Resize(resize, short side) + CenterCrop(crop), nearest (torchvision NEAREST_EXACT);
+    kind `squash`: resized to crop x crop (geometry.input_resize), nothing cropped.
 
     Pixels the crop pads (crop larger than the resized image) become ignore (255).
     """
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
 
-    t = torch.from_numpy(np.asarray(labels, dtype=np.uint8))[None]
-    t = TF.resize(t, [resize], interpolation=InterpolationMode.NEAREST_EXACT)
+    from ..geometry import input_resize
+
+    labels = np.asarray(labels, dtype=np.uint8)
+    nw, nh = input_resize(labels.shape[1], labels.shape[0], resize, crop, kind)
+    t = torch.from_numpy(labels)[None]
+    t = TF.resize(t, [nh, nw], interpolation=InterpolationMode.NEAREST_EXACT)
     pad = (t.shape[-1] < crop) or (t.shape[-2] < crop)
     if pad:
         t = torch.where(t == 0, torch.full_like(t, 254), t)  # keep true zeros apart from padding zeros

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..data.transform import TransformSpec
+from ..data.transform import TransformSpec, open_clip_resize_mode
 from ..errors import InputError
 from .arch_config import openclip_hint, torchvision_hint
 from .base import LoadedModel, LoadOptions
@@ -254,10 +254,11 @@ def _openclip(name: str, rest: str, opts: LoadOptions) -> LoadedModel:
         hint = openclip_hint(arch, f"open_clip {arch}", origin="library config")
         model = openclip_vit.load(raw, opts, name, sha256_file(path), hint=hint)
     model.keys.steps.insert(0, f"open_clip pretrained {arch}/{tag} from {path}")
-    if cfg.get("resize_mode", "shortest") != "shortest":  # e.g. SigLIP's squash: recorded, not reproduced
-        model.keys.steps.append(f"note: open_clip preprocesses {arch}/{tag} with resize_mode="
-                                f"{cfg['resize_mode']!r}; lastvit-eval uses resize (short side) + center crop")
     t = model.transform
     spec = dataclasses.replace(t, mean=tuple(cfg.get("mean", t.mean)), std=tuple(cfg.get("std", t.std)),
                                interpolation=cfg.get("interpolation", t.interpolation))
+    mode = cfg.get("resize_mode")
+    spec = open_clip_resize_mode(spec, mode, name)  # e.g. SigLIP's squash, reproduced
+    if spec.kind != "resize-crop":  # a step only then: store keys of 'shortest' models unchanged
+        model.keys.steps.append(f"preprocessing: open_clip resize_mode={mode!r} for {arch}/{tag} ({spec.kind})")
     return dataclasses.replace(model, transform=spec)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data.transform import CLIP_MEAN, CLIP_STD, TransformSpec
+from ..data.transform import CLIP_MEAN, CLIP_STD, TransformSpec, open_clip_resize_mode
 from ..errors import InputError
 from ..pooling import Pooled
 from . import openclip_vit
@@ -251,12 +251,12 @@ def _load_timm(raw, sd: dict, report: KeyReport, hints: dict, source: str, sha25
     model.eval().requires_grad_(False)
     text = cfg.get("text_cfg") or {}
     details = {"quick_gelu": quick_gelu, "tower": "timm", "tokenizer": text.get("hf_tokenizer_name")}
-    mode = pre.get("resize_mode")
-    if mode and mode != "shortest":
-        report.steps.append(f"note: open_clip preprocesses this model with resize_mode={mode!r}; lastvit-eval uses "
-                            "resize (short side) + center crop")
     transform = TransformSpec(resize=arch.image_size, crop=arch.image_size,
                               interpolation=pre.get("interpolation", "bicubic"),
                               mean=tuple(pre.get("mean", CLIP_MEAN)), std=tuple(pre.get("std", CLIP_STD)))
+    mode = pre.get("resize_mode")
+    transform = open_clip_resize_mode(transform, mode, where)
+    if transform.kind != "resize-crop":  # a step only then: store keys of 'shortest' towers unchanged
+        report.steps.append(f"preprocessing: open_clip resize_mode={mode!r} from {where} ({transform.kind})")
     return LoadedModel(backbone=TimmTowerBackbone(model, details), arch=arch, transform=transform, keys=report,
                        source=source, sha256=sha256, params=sum(p.numel() for p in model.parameters()))

@@ -66,14 +66,14 @@ def run_visualize(
         rec, (w, h) = data.records[i], data.sizes[i]
         crops.append(t.pixels(load_rgb(rec.path)).permute(1, 2, 0).numpy())
         grids.append(scores[row].reshape(gh, gw))
-        crop_boxes.append(np.array([box_to_crop_coords(b.as_tuple(), w, h, t.resize, t.crop)
+        crop_boxes.append(np.array([box_to_crop_coords(b.as_tuple(), w, h, t.resize, t.crop, t.kind)
                                     for b in data.annotations[rec.image_id].boxes]).clip(0, t.crop))
         top = int(scores[row].argmax())
         tops.append((top // gw, top % gw))
         cls = data.class_of(i) or ""
         titles.append(f"{rec.image_id} {names.get(cls, cls)}".strip())
     out_dir.mkdir(parents=True, exist_ok=True)
-    fg = targets_for(data, t.resize, t.crop, model.arch.patch_size, "any", rows=picks)
+    fg = targets_for(data, t.resize, t.crop, model.arch.patch_size, "any", rows=picks, kind=t.kind)
     hits = [bool(fg[row, r * gw + c]) for row, (r, c) in enumerate(tops)]
     what = describe_pooling(pooling)
     cosine = f"cosine(patch token, {pooling.name} token)"
