@@ -136,3 +136,31 @@ def test_line_search_survives_a_cold_start_far_from_the_optimum(precision):
     obj = logreg_lbfgs.Objective(x, y, 3, sc, dtype=logreg_lbfgs.PRECISIONS[precision], device=CPU)
     f = logreg_lbfgs.lbfgs(obj, torch.zeros(32, 3), torch.zeros(3), [1e-4], rtol=1e-3, max_iter=200)[0]
     assert f.loss < 0.25 * float(np.log(3)) and np.isfinite(f.loss)
+
+
+@pytest.mark.parametrize("scale", [1.0, 60.0])
+def test_pass_loss_and_gradient_match_float64_and_sklearn_log_loss(scale):
+    """The loss from softmax alone (-log p[y]) and its exact log-sum-exp rows: scale 60 makes confidently
+    wrong rows whose p[y] underflows float32 (-log p[y] would be inf); loss against scikit-learn's log_loss
+    on float64 probabilities, gradient against numpy float64."""
+    from sklearn.metrics import log_loss
+
+    x, y = _problem(n=700, d=8, c=5, seed=7)
+    sc = Standardizer.fit(x)
+    obj = logreg_lbfgs.Objective(x, y, 5, sc, dtype=torch.float32, device=CPU, chunk=256, sub=100)
+    g = torch.Generator().manual_seed(1)
+    w, b = torch.randn(8, 5, generator=g) * scale, torch.randn(5, generator=g)
+    loss, gw, gb = obj.data_term(w, b)
+    xs = sc(x, CPU).double().numpy()
+    z = xs @ w.double().numpy() + b.double().numpy()
+    lse = logsumexp(z, axis=1)
+    nll = lse - z[np.arange(700), y.numpy()]
+    if scale > 1:
+        assert nll.max() > 104  # some rows have p[y] < 2^-150: below float32's smallest subnormal
+    p = np.exp(z - lse[:, None])
+    np.testing.assert_allclose(loss, nll.mean(), rtol=1e-5)
+    if scale == 1:  # log_loss clips p at float64 eps: compare where that does not bite
+        np.testing.assert_allclose(loss, log_loss(y.numpy(), p, labels=range(5)), rtol=1e-5)
+    gz = (p - np.eye(5)[y.numpy()]) / 700
+    np.testing.assert_allclose(gw.double().numpy(), xs.T @ gz, atol=1e-5 * np.abs(xs.T @ gz).max())
+    np.testing.assert_allclose(gb.double().numpy(), gz.sum(0), atol=1e-6)

@@ -70,6 +70,29 @@ class LinearHead:
                           for i in range(0, x.shape[0], chunk)])
 
 
+# Below this, -log p[y] from the softmax loses digits (subnormal p) or is infinite (p = 0): such rows take
+# logsumexp(z) - z[y] instead. 2^-100 is far above float32's smallest normal (2^-126).
+P_EXACT_BELOW = 2.0**-100
+
+
+def _cross_entropy_sum(z: torch.Tensor, p: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """sum over rows of -log softmax(z)[y], float64, from the softmax p = softmax(z) already formed.
+
+    Why not log_softmax then exp: that is a second full read and write of the [rows, C] block per pass
+    (measured 12.7 -> 7.6 ms per 8192 x 1000 block on 2 cores). -log p[y] is exact to float32 rounding of
+    p[y] while p[y] is a normal number; the rows where it is not (confidently wrong predictions) take the
+    exact log-sum-exp of their logits.
+    """
+    pt = p.gather(1, ys)
+    small = pt < P_EXACT_BELOW
+    out = -pt.log().where(~small, 0.0).sum(dtype=torch.float64)
+    if bool(small.any()):
+        i = small.view(-1).nonzero().view(-1)
+        zi = z[i]
+        out += (torch.logsumexp(zi, 1) - zi.gather(1, ys[i]).view(-1)).sum(dtype=torch.float64)
+    return out
+
+
 class Objective:
     """Mean softmax cross-entropy of a linear head on a standardized copy of x[rows], chunk by chunk.
 
@@ -158,11 +181,11 @@ class Objective:
                 r = zs.shape[0]
                 ys = self.y[i + s : i + s + r, None]
                 z = zf[:r].copy_(zs).add_(b)  # fp32; copy then add: 3x faster than a mixed-dtype add
-                lp = torch.log_softmax(z, 1, out=lsm[:r])  # one fused kernel; loss = -log p[y]
-                loss -= lp.gather(1, ys).sum(dtype=torch.float64)
-                lp.exp_().scatter_add_(1, ys, minus_one[:r])  # softmax - one-hot
-                gb += lp.sum(0)
-                zs.copy_(lp)  # bf16: P - Y rounded here, as the GEMM's input
+                p = torch.softmax(z, 1, out=lsm[:r])  # one fused kernel; z is kept for the rare exact rows
+                loss += _cross_entropy_sum(z, p, ys)
+                p.scatter_add_(1, ys, minus_one[:r])  # softmax - one-hot
+                gb += p.sum(0)
+                zs.copy_(p)  # bf16: P - Y rounded here, as the GEMM's input
             if low:  # the chunk's block comes out of the GEMM in bf16, summed in fp32
                 gw += torch.matmul(self.xt[j], zl, out=gw_part)
             else:
