@@ -62,7 +62,7 @@ class CorLocOptions:
 class CorLoc(Evaluator):
     name = "corloc"
     description = "Object discovery: CorLoc of one box per image (LAST votes, LOST or DINO-seg), VOC or COCO."
-    taps = frozenset({"votes"})  # the class default (last-votes); instances declare their method's taps
+    taps = frozenset({"votes", "keys", "cls_attn"})  # what it may read; an instance declares its method's taps
     needs = frozenset({"boxes"})
     metrics = {"corloc.hit": MetricInfo("percent", "higher"), "corloc.mean_iou": MetricInfo("ratio", "higher")}
     Options = CorLocOptions
