@@ -66,6 +66,15 @@ def make_dataset(root: Path, n: int, split: str = "val", classes: int = 4, boxes
         (root / "bbox" / f"{stem}.xml").write_bytes(etree.tostring(ann))
 
 
+def photo_like(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """[h, w, 3] uint8: smooth colour fields plus noise, so JPEGs weigh what real photos do (~100 KB at
+    500x375) and decoding costs what it costs on real data."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([np.sin(xx / rng.uniform(20, 80) + c) * np.cos(yy / rng.uniform(20, 80) - c)
+                     for c in rng.uniform(0, 6, 3)], -1)
+    return (base * 60 + 128 + rng.normal(0, 18, (h, w, 3))).clip(0, 255).astype(np.uint8)
+
+
 def random_vit_b_16() -> torch.nn.Module:
     """torchvision's init leaves the class token at zero and LayerNorms at identity, which makes every
     image pick the same patch; perturb them so patch scores depend on the image content."""

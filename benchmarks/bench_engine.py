@@ -47,10 +47,7 @@ def make_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
     paths = []
     for i in range(n):
         w, h = (500, 375) if i % 3 else (375, 500)
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        base = np.stack([np.sin(xx / rng.uniform(20, 80) + c) * np.cos(yy / rng.uniform(20, 80) - c)
-                         for c in rng.uniform(0, 6, 3)], -1)
-        img = (base * 60 + 128 + rng.normal(0, 18, (h, w, 3))).clip(0, 255).astype(np.uint8)
+        img = common.photo_like(rng, w, h)
         x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
         img[y0:y0 + h // 3, x0:x0 + w // 3] = rng.integers(0, 255, 3)
         p = folder / f"img_{i:04d}.JPEG"

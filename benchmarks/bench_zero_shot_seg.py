@@ -48,10 +48,7 @@ def make_voc(root: Path, n: int, seed: int = 0) -> Path:
     ids = []
     for i in range(n):
         w, h = (500, 375) if i % 3 else (375, 500)
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        img = np.stack([np.sin(xx / rng.uniform(20, 80) + c) * np.cos(yy / rng.uniform(20, 80) - c)
-                        for c in rng.uniform(0, 6, 3)], -1)
-        img = (img * 60 + 128 + rng.normal(0, 18, (h, w, 3))).clip(0, 255).astype(np.uint8)
+        img = common.photo_like(rng, w, h)
         lab = np.zeros((h, w), np.uint8)
         for _ in range(3):
             bw, bh = int(rng.integers(w // 6, w // 2)), int(rng.integers(h // 6, h // 2))

@@ -2,7 +2,7 @@
 
 Per image (decoded in DataLoader workers): the protocol's keep-ratio resize, CLIP normalization; then
 224x224 windows with stride 112, windows of consecutive images batched together through the tower
-(`segmentation.sliding.iter_slide_logits`), dense patch embeddings (`segmentation.dense`, plain or
+(`segmentation.sliding.iter_slide_logits_separable`), dense patch embeddings (`segmentation.dense`, plain or
 MaskCLIP), cosine with the text classifier, overlapping window logits averaged, upsampled to the label
 map, SCLIP's post-processing to a label map, and the confusion counts accumulated on the device
 (`segmentation.miou.SegScores`: one bincount per image, one transfer at the end).

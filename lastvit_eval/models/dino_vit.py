@@ -21,9 +21,9 @@ from .base import ArchSpec, Backbone, KeyReport, LoadedModel, LoadOptions
 from .keys import (
     drop_keys,
     is_state_dict,
-    select_prefix,
     strict_load,
     strip_if_all,
+    take_backbone,
     to_float32,
     vit_name,
 )
@@ -73,13 +73,7 @@ def unwrap(raw, opts: LoadOptions | None = None) -> tuple[dict, KeyReport] | Non
         return None
     sd = dict(obj)
     sd = strip_if_all(sd, "module.", report.steps)
-    if any(k.startswith("backbone.") for k in sd):
-        rest = sorted(k for k in sd if not k.startswith("backbone."))
-        sd = select_prefix(sd, "backbone.")
-        report.steps.append("took keys under 'backbone.' and stripped it")
-        if rest:
-            report.dropped = rest
-            report.steps.append(f"dropped {len(rest)} non-backbone keys (DINO projection head)")
+    sd, _ = take_backbone(sd, report)
     if not all(k in sd for k in REQUIRED):
         return None
     return sd, report

@@ -35,6 +35,32 @@ def strip_if_all(sd: dict, prefix: str, steps: list[str]) -> dict:
 SIZE_NAMES = {192: "ti", 384: "s", 768: "b", 1024: "l", 1280: "h"}
 
 
+def take_wrapper(obj, wrappers: tuple[str, ...], report: KeyReport, label: str = ""):
+    """The state dict under the first of `wrappers` that holds one (`checkpoint['model']`, ...), recorded in
+    the report; `obj` itself when none does."""
+    if isinstance(obj, dict):
+        for w in wrappers:
+            if w in obj and is_state_dict(obj[w]):
+                report.format = f"{label}{{'{w}': ...}}"
+                report.steps.append(f"took checkpoint['{w}']")
+                return obj[w]
+    return obj
+
+
+def take_backbone(sd: dict, report: KeyReport) -> tuple[dict, bool]:
+    """DINO's `backbone.*` keys with the prefix stripped; everything else (the projection head) dropped and
+    listed in the report. (sd, False) when no key is under `backbone.`."""
+    if not any(k.startswith("backbone.") for k in sd):
+        return sd, False
+    rest = sorted(k for k in sd if not k.startswith("backbone."))
+    sd = select_prefix(sd, "backbone.")
+    report.steps.append("took keys under 'backbone.' and stripped it")
+    if rest:
+        report.dropped = rest
+        report.steps.append(f"dropped {len(rest)} non-backbone keys (DINO projection head)")
+    return sd, True
+
+
 def vit_name(width: int, patch: int) -> str:
     return f"vit_{SIZE_NAMES.get(width, f'w{width}')}_{patch}"
 

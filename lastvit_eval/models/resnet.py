@@ -21,7 +21,7 @@ from ..data.transform import dino_vit, torchvision_vit
 from ..errors import InputError
 from .base import ArchSpec, Backbone, KeyReport, LoadedModel, LoadOptions
 from .dino_vit import MAIN_DINO_KEYS, _pick
-from .keys import drop_keys, is_state_dict, select_prefix, strict_load, strip_if_all, to_float32
+from .keys import drop_keys, is_state_dict, strict_load, strip_if_all, take_backbone, to_float32
 
 if TYPE_CHECKING:
     from torchvision.models import ResNet
@@ -49,14 +49,8 @@ def unwrap(raw, opts: LoadOptions | None = None) -> tuple[dict, KeyReport, bool]
     sd = dict(obj)
     for prefix in ("module.", "model."):
         sd = strip_if_all(sd, prefix, report.steps)
-    if any(k.startswith("backbone.") for k in sd):
-        rest = sorted(k for k in sd if not k.startswith("backbone."))
-        sd = select_prefix(sd, "backbone.")
-        report.steps.append("took keys under 'backbone.' and stripped it")
-        if rest:
-            report.dropped = rest
-            report.steps.append(f"dropped {len(rest)} non-backbone keys (DINO projection head)")
-        dino = True
+    sd, took = take_backbone(sd, report)
+    dino = dino or took
     if not all(k in sd for k in REQUIRED):
         return None
     return sd, report, dino

@@ -31,7 +31,7 @@ from ..data.transform import TransformSpec
 from ..errors import InputError
 from .base import ArchSpec, KeyReport, LoadedModel, LoadError, LoadOptions
 from .dino_vit import TimmBackbone
-from .keys import drop_keys, is_state_dict, strict_load, strip_if_all, to_float32
+from .keys import drop_keys, is_state_dict, strict_load, strip_if_all, take_wrapper, to_float32
 from .resolution import check_image_size, timm_set_size
 
 FAMILY = "timm"
@@ -63,15 +63,8 @@ def unwrap(raw, opts: LoadOptions | None = None) -> tuple[dict, KeyReport] | Non
     """The model tensors in timm's layout (DINOv2's own layout mapped as the dinov2 family does)."""
     opts = opts or LoadOptions()
     report = KeyReport(format="timm state_dict")
-    obj = raw
-    if isinstance(raw, dict):
-        keys = ((opts.checkpoint_key,) if opts.checkpoint_key else ()) + ("state_dict", "model")
-        for k in keys:
-            if k in raw and is_state_dict(raw[k]):
-                obj = raw[k]
-                report.format = f"timm checkpoint {{'{k}': ...}}"
-                report.steps.append(f"took checkpoint['{k}']")
-                break
+    keys = ((opts.checkpoint_key,) if opts.checkpoint_key else ()) + ("state_dict", "model")
+    obj = take_wrapper(raw, keys, report, label="timm checkpoint ")
     if not is_state_dict(obj):
         return None
     sd = strip_if_all(dict(obj), "module.", report.steps)

@@ -17,6 +17,7 @@ from .keys import (
     is_state_dict,
     strict_load,
     strip_if_all,
+    take_wrapper,
     to_float32,
     vit_name,
 )
@@ -30,13 +31,7 @@ FAMILY = "torchvision"
 def unwrap(raw) -> tuple[dict, KeyReport] | None:
     """Find a torchvision ViT state dict inside the raw checkpoint object, recording each step."""
     report = KeyReport(format="state_dict")
-    obj = raw
-    for wrapper in ("model", "state_dict", "model_state_dict"):
-        if isinstance(obj, dict) and wrapper in obj and is_state_dict(obj[wrapper]):
-            obj = obj[wrapper]
-            report.format = f"{{'{wrapper}': ...}}"
-            report.steps.append(f"took checkpoint['{wrapper}']")
-            break
+    obj = take_wrapper(raw, ("model", "state_dict", "model_state_dict"), report)
     if not is_state_dict(obj):
         return None
     sd = dict(obj)
