@@ -46,7 +46,9 @@ def make_dataset(root: Path, n: int, split: str = "val", classes: int = 4, boxes
         img = np.stack([(xx * (1 + i % 3) + yy) % 256, (yy * 2 + i * 7) % 256, (xx + yy * 3) % 256], -1)
         img = (img * 0.6 + rng.integers(0, 100, (h, w, 3))).clip(0, 255).astype(np.uint8)
         bw, bh = int(rng.integers(w // 6, w // 2)), int(rng.integers(h // 6, h // 2))
-        x0, y0 = int(rng.integers(w // 10, w - bw)), int(rng.integers(h // 10, h - bh))
+        # inside the central 20-80% of each side, so the box meets the 224 centre crop of every size above
+        # (patch-hit drops no image and a later command finds every val image in the store)
+        x0, y0 = int(rng.integers(w // 5, 4 * w // 5 - bw)), int(rng.integers(h // 5, 4 * h // 5 - bh))
         img[y0:y0 + bh, x0:x0 + bw] = rng.integers(0, 255, (bh, bw, 3))  # a textured object
         wnid = wnids[i % len(wnids)]
         stem = f"{split}_{i:05d}"
