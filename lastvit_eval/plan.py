@@ -321,7 +321,7 @@ def _default_poolings(req: RunRequest, model: LoadedModel | None, test: Split) -
         return tuple(specs), True
     hub = str(req.checkpoint).startswith(HUB_PREFIXES)
     if hub and not model.has_class_token:  # no class token (ResNet, SigLIP): the model's own pool
-        return ((PoolingSpec("map"),) if model.backbone.has_map_head else (PoolingSpec("gap"),)), True
+        return ((PoolingSpec("map"),) if model.has_map_head else (PoolingSpec("gap"),)), True
     return ((PoolingSpec("cls"),) if hub else (PoolingSpec("last", topk=1),)), True
 
 
@@ -346,7 +346,7 @@ def _check_poolings(poolings, model: LoadedModel | None, test: Split) -> None:
             if p.kind == "cls" and not model.has_class_token:
                 raise InputError(f"pooling cls: {model.name} ({model.arch.name}) has no class token; use "
                                  f"{_pooling_choices(model)}")
-            if p.kind == "map" and not model.backbone.has_map_head:
+            if p.kind == "map" and not model.has_map_head:
                 raise InputError(f"pooling map: {model.name} ({model.arch.name}) has no attention-pool head; use "
                                  f"{_pooling_choices(model)}")
         return
@@ -358,9 +358,9 @@ def _check_poolings(poolings, model: LoadedModel | None, test: Split) -> None:
 
 
 def _pooling_choices(model: LoadedModel) -> str:
-    """The poolings `model` has, for an error message (builds a lazy model: only on the error path)."""
+    """The poolings `model` has, for an error message."""
     kinds = [k for k, ok in (("cls", model.has_class_token), ("gap", True), ("last", True),
-                             ("map", model.backbone.has_map_head)) if ok]
+                             ("map", model.has_map_head)) if ok]
     return ", ".join(f"-p {k}" for k in kinds[:-1]) + f" or -p {kinds[-1]}"
 
 

@@ -58,6 +58,18 @@ def test_stored_features_need_no_model_and_give_the_same_results(imagenet_root, 
     assert m1["provenance"]["model"] == m2["provenance"]["model"]
     assert ((tmp_path / "r1" / "last-k1" / "patch_hit_rows.csv").read_text()
             == (tmp_path / "r2" / "last-k1" / "patch_hit_rows.csv").read_text())
+    # extract with its default poolings asks whether the model has its own attention pool: the record answers
+    r3 = cli("extract", "-o", tmp_path / "val.npz", "-c", detectron2_ckpt, "-r", imagenet_root, "--workers", 0,
+             "--batch-size", 2, "--no-progress", "--cache-dir", store, "-p", "cls")
+    assert r3.exit_code == 0, r3.output
+    assert builds == [1] and sum(forwarded) > 0  # patch-hit stored no logits: the first extract forwards
+    builds.clear()
+    forwarded.clear()
+    r4 = cli("extract", "-o", tmp_path / "val2.npz", "-c", detectron2_ckpt, "-r", imagenet_root, "--workers", 0,
+             "--batch-size", 2, "--no-progress", "--cache-dir", store)
+    assert r4.exit_code == 0, r4.output
+    assert builds == [] and forwarded == []  # every default pooling stored: no module built to ask about `map`
+    assert load_features(tmp_path / "val2.npz").arrays.keys() >= {"pooled/cls", "pooled/gap", "pooled/last-k1"}
 
 
 def test_lazy_model_builds_on_first_forward_and_matches_the_full_load(imagenet_root, detectron2_ckpt, tmp_path,
@@ -160,5 +172,6 @@ def test_record_round_trip_keeps_every_field(detectron2_ckpt):
     assert rec is not None and set(rec) >= {"arch", "transform", "keys", "source", "sha256", "params"}
     m = lazy.lazy_model(json.loads(json.dumps(rec)), LoadOptions(), lambda: full)
     assert (m.arch, m.transform, m.keys) == (full.arch, full.transform, full.keys)
+    assert m.has_map_head is full.has_map_head is False and "materialized=False" in repr(m)
     assert "materialized=False" in repr(m)
     assert m.backbone is full.backbone

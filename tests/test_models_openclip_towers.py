@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from lastvit_eval.app import app
 from lastvit_eval.engine.taps import TapRequest, forward_taps
 from lastvit_eval.errors import InputError
-from lastvit_eval.models import LoadOptions, load_model
+from lastvit_eval.models import LoadOptions, lazy, load_model
 from lastvit_eval.models.clip_text import Prompts, build_classifier
 from lastvit_eval.pooling import PoolingSpec
 
@@ -100,6 +100,9 @@ def test_resnet_clip_tokens_map_gap_match_open_clip(rn_clip_file):
     assert (a.family, a.patch_size, a.grid, a.width, a.num_prefix_tokens, a.embed_dim, a.heads) == (
         "openclip", 32, (2, 2), 512, 0, 32, 8)
     assert loaded.backbone.details["quick_gelu"] is True and loaded.backbone.has_map_head
+    # a lazy model planned from the stored record knows the attention pool without building the module
+    unbuilt = lazy.lazy_model(json.loads(json.dumps(lazy.to_record(loaded))), LoadOptions(), lambda: loaded)
+    assert unbuilt.has_map_head is True and not unbuilt.materialized
     x = torch.randn(2, 3, 64, 64)
     seen = {}
     h = ref.visual.layer4.register_forward_hook(lambda m, i, o: seen.setdefault("map", o))

@@ -66,10 +66,10 @@ def extract(
                                                image_size=image_size), store_root=store.root if store.enabled else None)
     if not given:  # the defaults follow the model: no class token (ResNet, SigLIP), its own attention pool
         specs = tuple(p for p in specs if p.kind != "cls" or model.has_class_token) + (
-            (PoolingSpec("map"),) if model.backbone.has_map_head else ())
+            (PoolingSpec("map"),) if model.has_map_head else ())
     if any(p.kind == "cls" for p in specs) and not model.has_class_token:
         raise InputError(f"pooling cls: {model.name} has no class token; use gap or last")
-    if any(p.kind == "map" for p in specs) and not model.backbone.has_map_head:
+    if any(p.kind == "map" for p in specs) and not model.has_map_head:
         raise InputError(f"pooling map: {model.name} has no attention-pool head; use cls, gap or last")
     with session(device, barrier_timeout):
         fs = extract_split(model, imagenet_root, split, specs, default_taps(model, patch_tokens), engine,

@@ -130,6 +130,11 @@ class LoadedModel:
     load_options: LoadOptions | None = None  # set by load_model; part of the feature-cache key
 
     @property
+    def has_map_head(self) -> bool:
+        """The backbone's own attention-pool head (`map` pooling); a lazy model answers from its record."""
+        return self.backbone.has_map_head
+
+    @property
     def has_class_token(self) -> bool:
         """Prefix tokens are CLS (and a distillation token) plus registers: registers alone are no class token."""
         return self.arch.num_prefix_tokens - (self.arch.num_registers or 0) >= 1  # arch: a lazy model stays unbuilt

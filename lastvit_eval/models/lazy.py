@@ -29,7 +29,7 @@ from ..errors import LastvitError
 from .base import ArchSpec, Backbone, KeyReport, LoadedModel, LoadOptions
 
 MEMO_DIR = "models"
-FORMAT = 1
+FORMAT = 2  # 2: records has_map_head
 _TYPES = {"arch": ArchSpec, "transform": TransformSpec, "keys": KeyReport}
 _SKIP = ("backbone", "load_options")  # the module itself; the options are part of the key
 builds = 0  # full loads done to materialize a LazyLoadedModel (tests count them)
@@ -58,6 +58,7 @@ def to_record(model: LoadedModel) -> dict | None:
         elif not (value is None or isinstance(value, (str, int, float, bool))):
             return None
         out[f.name] = value
+    out["has_map_head"] = bool(model.backbone.has_map_head)  # a property of the module: planning needs it unbuilt
     return out
 
 
@@ -89,6 +90,10 @@ class LazyLoadedModel(LoadedModel):
         self.__dict__["_backbone"] = value
 
     @property
+    def has_map_head(self) -> bool:
+        return self.__dict__["_has_map_head"]
+
+    @property
     def materialized(self) -> bool:
         return self.__dict__.get("_backbone") is not None
 
@@ -98,8 +103,9 @@ class LazyLoadedModel(LoadedModel):
 
 def lazy_model(record: dict, opts: LoadOptions, load: Callable[[], LoadedModel]) -> LazyLoadedModel:
     """A model from `record` whose backbone comes from `load()` (the full load), checked against the record."""
-    fields = {k: (_restore(_TYPES[k], v) if k in _TYPES else v) for k, v in record.items()}
+    fields = {k: (_restore(_TYPES[k], v) if k in _TYPES else v) for k, v in record.items() if k != "has_map_head"}
     model = LazyLoadedModel(backbone=None, load_options=opts, **fields)  # type: ignore[arg-type]
+    model.__dict__["_has_map_head"] = bool(record.get("has_map_head"))
 
     def materialize() -> Backbone:
         global builds
@@ -123,6 +129,7 @@ def read_record(root: Path, key: str) -> dict | None:
         return None
     try:
         _ = [_restore(_TYPES[k], data["model"][k]) for k in _TYPES]
+        _ = bool(data["model"]["has_map_head"])
     except (KeyError, TypeError):
         return None
     return data["model"]
