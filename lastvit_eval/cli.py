@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import typer
 
 from . import __version__
@@ -27,8 +29,20 @@ load_all()
 
 
 def main() -> None:
-    """Console-script entry."""
-    app()
+    """Console-script entry.
+
+    Two garbage-collector settings for the process, both about start-up and exit, not the work: the first
+    collection runs after 10,000 net allocations instead of 700 (importing torch and pandas allocates
+    hundreds of thousands of long-lived objects, and every early collection walks them all again), and
+    everything alive when the command is done is frozen, so the interpreter's collections at exit skip
+    it. Together they cut about 0.35 s from every command (`results/bench_chain.md`); atexit handlers,
+    finalizers and file flushing run as usual.
+    """
+    gc.set_threshold(10_000)
+    try:
+        app()
+    finally:
+        gc.freeze()
 
 
 if __name__ == "__main__":
