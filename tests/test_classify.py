@@ -108,3 +108,23 @@ def test_mean_per_class_recall_vectorized_rows_and_bootstrap():
 def test_bad_inputs(z, y, kw, match):
     with pytest.raises(InputError, match=match):
         classify.evaluate(z, y, **kw)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("row", [0, 7, 70_000])  # the last in a later chunk of the check
+def test_feature_check_names_the_first_non_finite_row(value, row):
+    from lastvit_eval.evaluators.checks import as_features
+
+    x = np.zeros((70_001, 3), dtype=np.float32)
+    x[row, 1] = value
+    x[-1, 2] = -float("inf") if row != 70_000 else value  # a later bad row must not be the one named
+    with pytest.raises(InputError, match=rf"^feats: non-finite value \(NaN/Inf\) in row {row}$"):
+        as_features(x, "feats")
+
+
+def test_feature_check_accepts_large_finite_values_whose_sum_overflows():
+    from lastvit_eval.evaluators.checks import as_features
+
+    x = np.full((1000, 4), 3.0e38, dtype=np.float32)  # finite, but their float32 sum is inf
+    assert torch.isinf(torch.from_numpy(x).sum())
+    assert as_features(x, "feats").shape == (1000, 4)
