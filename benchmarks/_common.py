@@ -147,6 +147,24 @@ def matmul_ceiling(n: int, dtype: torch.dtype, repeat: int = 3) -> float:
     return 2 * n**3 / min(seconds(lambda: torch.mm(a, b)) for _ in range(repeat))
 
 
+def linear_layers_rate(rows: int, width: int, mlp: int, dtype: torch.dtype, repeat: int = 3) -> float:
+    """FLOP/s of a ViT block's four matrix products alone (qkv, attention output, fc1, fc2) on `rows` tokens,
+    with nn.Linear's weight layout and bias, best of `repeat` after a warm-up: what the forward's GEMMs can
+    reach at its own shapes, to read the forward against besides the square-matmul ceiling."""
+    import torch.nn.functional as F
+
+    shapes = [(width, 3 * width), (width, width), (width, mlp), (mlp, width)]  # (in, out)
+    xs = {k: torch.randn(rows, k).to(dtype) for k in {width, mlp}}
+    ws = [(torch.randn(n, k).to(dtype), torch.randn(n).to(dtype)) for k, n in shapes]
+
+    def once() -> None:
+        for (k, _), (w, b) in zip(shapes, ws, strict=True):
+            F.linear(xs[k], w, b)
+
+    once()
+    return sum(2 * rows * k * n for k, n in shapes) / min(seconds(once) for _ in range(repeat))
+
+
 def forward_flops(backbone, batch: torch.Tensor) -> float:
     """FLOPs per image of `backbone.tokens`, counted by torch's FlopCounterMode.
 

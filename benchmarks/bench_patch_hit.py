@@ -179,6 +179,10 @@ def main(argv: list[str] | None = None) -> None:
                 for step in (order if r % 2 == 0 else order[::-1]):
                     if step == "ceiling":
                         add(f"ceiling/{dtype}", common.matmul_ceiling(args.matmul, torch_dtype))
+                        a = model.arch
+                        add(f"gemms/{dtype}", common.linear_layers_rate(
+                            args.batch_size * (a.grid[0] * a.grid[1] + a.num_prefix_tokens), a.width, a.mlp_dim,
+                            torch_dtype))
                     elif step == "bare":
                         add(f"bare/{dtype}", len(paths) / bare_forward(model, pixels, dtype, args.batch_size,
                                                                       fast[dtype]))
@@ -257,6 +261,14 @@ def main(argv: list[str] | None = None) -> None:
                 f"**{'met' if pipe_frac >= GOAL_PIPELINE else 'not met'}**; "
                 f"{best[f'pipe/{key}'] / best['naive']:.2f}x the naive fp32 loop.")
     lines += verdicts
+    lines += ["", "The forward's own matrix products timed alone (a block's qkv, attention output, fc1 and fc2 as "
+              f"nn.Linear at batch {args.batch_size}, FLOP-weighted; best of the rounds), against the ceiling and "
+              "against the forward:", ""]
+    for dtype in dtypes:
+        g = best[f"gemms/{dtype}"]
+        lines.append(f"- {dtype}: {g / 1e9:.0f} GFLOP/s = {g / best[f'ceiling/{dtype}']:.0%} of the ceiling; the "
+                     f"forward runs at {best[f'bare/{dtype}'] * flops / g:.0%} of its own GEMMs' rate (the rest of its "
+                     "time: attention, softmax, LayerNorm, GELU, residual adds and casts).")
     lines += [
         "",
         "Agreement (last round): fp32 " + agreement(naive_hits, naive_tops, *last["fp32"], "naive loop")
