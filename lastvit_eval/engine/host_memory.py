@@ -10,7 +10,7 @@ loop (`results/bench_patch_hit.md`). Raising the mmap threshold to 1 GiB and the
 is that the process keeps its peak heap until it exits.
 
 Applied once, by the forward loop's set-up, on Linux with glibc only; left alone where the user chose
-the allocator's settings (MALLOC_*_ variables, GLIBC_TUNABLES, or LD_PRELOAD, e.g. jemalloc or tcmalloc).
+the allocator's settings (MALLOC_* variables, GLIBC_TUNABLES, or LD_PRELOAD, e.g. jemalloc or tcmalloc).
 """
 
 from __future__ import annotations
@@ -36,19 +36,19 @@ def _user_chose() -> str | None:
     return None
 
 
+def _set_thresholds() -> str:
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return "left alone (no mallopt)"
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    return "kept (mmap threshold 1 GiB, trim threshold 2 GiB)" if ok else "left alone (mallopt refused)"
+
+
 def keep_freed_memory() -> str:
     """Set glibc's mmap and trim thresholds (once per process); returns what was done, for run info."""
     global _state
-    if _state is not None:
-        return _state
-    _state = _user_chose() or "left alone (not Linux)"
-    if _state.startswith("left alone (not") and sys.platform.startswith("linux"):
-        try:
-            mallopt = ctypes.CDLL(None).mallopt
-        except (OSError, AttributeError):
-            _state = "left alone (no mallopt)"
-            return _state
-        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-        ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-        _state = "kept (mmap threshold 1 GiB, trim threshold 2 GiB)" if ok else "left alone (mallopt refused)"
+    if _state is None:
+        _state = _user_chose() or (_set_thresholds() if sys.platform.startswith("linux") else "left alone (not Linux)")
     return _state
