@@ -43,15 +43,19 @@ def _scipy_solution(xs: np.ndarray, y: np.ndarray, c: int, wd: float) -> tuple[n
 
 
 def test_two_loop_lbfgs_matches_scipy_lbfgsb():
-    """Warm-started path, fp32, tight relative tolerance: the same minimizer as scipy (strongly convex)."""
+    """Warm-started path, fp32, tight relative tolerance: the same minimizer as scipy (strongly convex).
+
+    The distance to the minimizer is about gradient / curvature, and the flattest direction's curvature is
+    the weight decay itself: at wd = 1e-3 a relative gradient of 1e-5 still leaves weights ~3e-4 off, so the
+    fits are solved to 1e-6 (which fp32 reaches here) for the 2e-4 weight tolerance to hold with margin."""
     x, y = _problem()
     sc = Standardizer.fit(x)
     xs = sc(x, CPU).double().numpy()
     obj = logreg_lbfgs.Objective(x, y, 4, sc, dtype=torch.float32, device=CPU, chunk=128)
     wds = [1e-1, 1e-2, 1e-3]
-    fits = logreg_lbfgs.lbfgs(obj, torch.zeros(8, 4), torch.zeros(4), wds, rtol=1e-5, max_iter=500)
+    fits = logreg_lbfgs.lbfgs(obj, torch.zeros(8, 4), torch.zeros(4), wds, rtol=1e-6, max_iter=500)
     for f in fits:
-        assert f.stop == "gtol" and f.grad_rel <= 1e-5
+        assert f.stop == "gtol" and f.grad_rel <= 1e-6
         w_ref, b_ref = _scipy_solution(xs, y.numpy(), 4, f.weight_decay)
         scale = np.abs(w_ref).max()
         np.testing.assert_allclose(f.weight.double().numpy(), w_ref, atol=2e-4 * scale, rtol=0)
