@@ -35,9 +35,9 @@ LAYOUTS = {
     "context59": ("VOCdevkit/VOC2010", "JPEGImages/{id}.jpg", "SegmentationClassContext/{id}.png",
                   "ImageSets/SegmentationContext/val.txt", [0, 1, 30, 59], True),
     "context60": ("VOCdevkit/VOC2010", "JPEGImages/{id}.jpg", "SegmentationClassContext/{id}.png",
-                  "ImageSets/SegmentationContext/val.txt", [0, 1, 30, 59], False),
+                  "ImageSets/SegmentationContext/val.txt", [0, 1, 30, 59, 255], False),
     "coco-object": ("coco_stuff164k", "images/val2017/{id}.jpg", "annotations/val2017/{id}_instanceTrainIds.png",
-                    None, [0, 1, 44, 80], False),
+                    None, [0, 1, 44, 80, 255], False),
     "coco-stuff": ("coco_stuff164k", "images/val2017/{id}.jpg", "annotations/val2017/{id}_labelTrainIds.png",
                    None, [0, 12, 99, 170, 255], False),
     "cityscapes": ("cityscapes", "leftImg8bit/val/lindau/{id}_leftImg8bit.png",
@@ -75,12 +75,14 @@ def decode(raw: np.ndarray, reduce_zero_label: bool) -> np.ndarray:
     return np.where((raw == 0) | (raw == 255), 255, raw - 1) if reduce_zero_label else raw
 
 
-def brute_force(preds: list[np.ndarray], labels: list[np.ndarray], num_classes: int) -> tuple[float, float]:
-    """mIoU over classes present in some label or prediction, pixel accuracy; ignore (255) excluded."""
+def brute_force(preds: list[np.ndarray], labels: list[np.ndarray], num_classes: int,
+                ignore: int | None = 255) -> tuple[float, float]:
+    """mIoU over classes present in some label or prediction, pixel accuracy; `ignore` pixels excluded
+    (None: counted, a wrong rule the tests use to show that their fixtures can tell the difference)."""
     inter, union = np.zeros(num_classes), np.zeros(num_classes)
     correct = total = 0
     for p, g in zip(preds, labels, strict=True):
-        valid = g != 255
+        valid = g != ignore if ignore is not None else np.ones(g.shape, bool)
         for c in range(num_classes):
             inter[c] += np.sum((p == c) & (g == c) & valid)
             union[c] += np.sum(((p == c) | (g == c)) & valid)
@@ -128,17 +130,24 @@ def test_miou_matches_brute_force_in_every_layout(tmp_path, tiny32, name):
     assert [p.shape for p in preds] == [g.shape for g in labels]  # the label map's resolution
     assert all(Image.open(preds_dir / lab.name).mode == "P" for _, lab in pairs)
     miou, acc = brute_force(preds, labels, proto.num_classes)
+    # every layout's fixture holds ignore pixels (stored 255, or 0 under reduce_zero_label)
+    assert all((g == 255).any() for g in labels)
     r = scores_result(out.scores, proto.class_names, out.ids, n_resamples=50)
     assert r.metrics["zero_shot_seg.miou"].value == pytest.approx(miou, abs=1e-9)
     assert r.metrics["zero_shot_seg.pixel_acc"].value == pytest.approx(acc, abs=1e-9)
     # the device-accumulated confusion matrix agrees with the per-image areas the bootstrap resamples
     cm = out.scores.confusion.numpy()
     np.testing.assert_array_equal(np.diag(cm), np.stack(out.scores.intersections).sum(0))
+    assert cm.sum() == sum(int((g != 255).sum()) for g in labels)  # ignore pixels are never counted
     assert len(out.examples) == 2 and out.examples[0]["pred"].shape == out.examples[0]["image"].shape[:2]
-    # a prediction equal to the ground truth scores 100, absent classes and ignore pixels notwithstanding
+    # a prediction equal to the ground truth scores 100, absent classes and ignore pixels notwithstanding;
+    # it says class 0 on ignore pixels, which would cost class 0's IoU and the accuracy were they counted
+    assert brute_force([np.where(g == 255, 0, g) for g in labels], labels, proto.num_classes) == (100.0, 100.0)
+    assert max(brute_force([np.where(g == 255, 0, g) for g in labels], labels, proto.num_classes,
+                           ignore=None)) < 100.0
     perfect = SegScores(proto.num_classes, proto.ignore_index)
     for g in labels:
-        perfect.update(torch.from_numpy(g), torch.from_numpy(g))
+        perfect.update(torch.from_numpy(np.where(g == 255, 0, g)), torch.from_numpy(g))
     assert perfect.miou() == 100.0 and perfect.pixel_accuracy() == 100.0
     assert np.isnan(perfect.per_class_iou()).sum() == proto.num_classes - len({v for g in labels for v in
                                                                               np.unique(g) if v != 255})
