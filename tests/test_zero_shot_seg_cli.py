@@ -150,3 +150,48 @@ def test_run_command_takes_the_evaluator_too(voc, clip224, tmp_path):
                             "--limit", "1", "-p", "cls", "-o", str(tmp_path / "o"), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "zero_shot_seg.miou" in json.loads((tmp_path / "o" / "cls" / "metrics.json").read_text())["metrics"]
+
+
+VOC21_NAMES = ["background", "aeroplane", "bicycle", "bird", "ship", "bottle", "bus", "car", "cat", "chair", "cow",
+               "table", "dog", "horse", "motorbike", "person, people", "potted plant", "sheep", "sofa", "train",
+               "television monitor, tv monitor"]
+
+
+def test_cli_classnames_file_with_synonyms_sets_the_queries(voc, clip224, tmp_path):
+    """--classnames: one class a line, synonyms comma-separated (assets/seg_cls_voc21.txt's format); each
+    synonym is one text query, the classes stay the dataset's 21, named by their first synonym."""
+    root, pairs, template = voc
+    names = tmp_path / "voc21_names.txt"
+    names.write_text("\n".join(VOC21_NAMES) + "\n")
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["zero-shot-seg", "-c", str(clip224), "--seg-dataset", "voc21", "--seg-root", str(root),
+                            "--classnames", str(names), "--templates", str(template), "--max-images", "1",
+                            "-o", str(out), "--no-progress", "--no-cache"])
+    assert r.exit_code == 0, r.output
+    info = json.loads((out / "cls" / "metrics.json").read_text())["info"]["zero-shot-seg"]
+    assert info["queries"] == 23  # 21 classes, two of them with a synonym
+    assert info["text_classifier"]["classes"] == 23 and info["text_classifier"]["templates"] == 1
+    assert info["text_classifier"]["prompts"].startswith(f"--classnames {names};")
+    per_class = (out / "cls" / "zero_shot_seg_per_class.csv").read_text().splitlines()
+    assert len(per_class) == 22 and per_class[16].startswith("15,person,") and per_class[21].startswith(
+        "20,television monitor,")
+
+
+@pytest.mark.parametrize("lines,message", [
+    (VOC21_NAMES[:-1], "20 classes, voc21 has 21"),
+    ([*VOC21_NAMES[:15], "person, , people", *VOC21_NAMES[16:]], "line 16 has an empty class name"),
+])
+def test_cli_malformed_classnames_exit_2_before_any_forward(voc, clip224, tmp_path, no_forward, monkeypatch, lines,
+                                                            message):
+    def no_text(*a, **k):
+        raise AssertionError("the text tower ran before the class names were checked")
+
+    monkeypatch.setattr("lastvit_eval.models.clip_text.build_classifier", no_text)
+    root, _, template = voc
+    names = tmp_path / "bad_names.txt"
+    names.write_text("\n".join(lines) + "\n")
+    r = runner.invoke(app, ["zero-shot-seg", "-c", str(clip224), "--seg-dataset", "voc21", "--seg-root", str(root),
+                            "--classnames", str(names), "--templates", str(template), "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith("Error:") and len(r.output.strip().splitlines()) == 1, r.output
+    assert str(names) in r.output and message in r.output, r.output
