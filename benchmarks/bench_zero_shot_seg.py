@@ -33,7 +33,7 @@ from PIL import Image
 
 from lastvit_eval.engine.dense_forward import segment
 from lastvit_eval.engine.device import EngineSpec, autocast
-from lastvit_eval.evaluators.zero_shot_seg import ZeroShotSeg
+from lastvit_eval.evaluators.zero_shot_seg import DENSE_MODES, ZeroShotSeg
 from lastvit_eval.models import LoadOptions, load_model
 from lastvit_eval.segmentation.datasets import open_dataset
 from lastvit_eval.segmentation.dense import dense_embeddings
@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32, help="windows per tower forward")
-    ap.add_argument("--dense", default="plain", choices=["plain", "maskclip"])
+    ap.add_argument("--dense", default="plain", choices=list(DENSE_MODES))
     ap.add_argument("--out", type=Path, default=Path("results/bench_zero_shot_seg.md"))
     a = ap.parse_args()
     import open_clip

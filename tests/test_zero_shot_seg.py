@@ -173,9 +173,11 @@ def test_plain_embeddings_of_a_loaded_checkpoint_equal_open_clip_modules(tiny32)
     torch.testing.assert_close(out.flatten(2).transpose(1, 2), ref, atol=1e-4, rtol=0)
 
 
-def test_maskclip_embeddings_of_a_loaded_checkpoint_equal_open_clip_value_path(tiny32):
+@pytest.mark.parametrize("mode", ["maskclip", "value"])
+def test_value_path_embeddings_of_a_loaded_checkpoint_equal_open_clip_modules(tiny32, mode):
     """open_clip's own last block, run with attention restricted to each token itself (a -inf mask off the
-    diagonal), returns out_proj(value): MaskCLIP's last block, then ln_post and proj."""
+    diagonal), returns out_proj(value): `maskclip` = the whole block so (residual and MLP kept, as MaskCLIP's
+    vit.py), `value` = its attention module alone; then ln_post and proj."""
     visual = tiny32.backbone.clip.visual
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -184,10 +186,22 @@ def test_maskclip_embeddings_of_a_loaded_checkpoint_equal_open_clip_value_path(t
             h = blk(h)
         eye = torch.full((h.shape[1], h.shape[1]), float("-inf"))
         eye.fill_diagonal_(0.0)
-        h = visual.transformer.resblocks[-1](h, attn_mask=eye)
+        last = visual.transformer.resblocks[-1]
+        if mode == "maskclip":
+            h = last(h, attn_mask=eye)
+        else:
+            n = last.ln_1(h)
+            h = last.attn(n, n, n, need_weights=False, attn_mask=eye)[0]
         ref = visual.ln_post(h)[:, 1:] @ visual.proj
-    out = dense_embeddings(visual, x, "maskclip")
+    out = dense_embeddings(visual, x, mode)
     torch.testing.assert_close(out.flatten(2).transpose(1, 2), ref, atol=1e-4, rtol=0)
+
+
+def test_evaluator_offers_every_dense_mode():
+    from lastvit_eval.evaluators.zero_shot_seg import DENSE_MODES
+    from lastvit_eval.segmentation.dense import MODES
+
+    assert DENSE_MODES == MODES == ("plain", "maskclip", "value")
 
 
 def test_one_window_image_equals_a_single_open_clip_forward(tmp_path, tiny32):

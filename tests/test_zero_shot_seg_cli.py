@@ -74,10 +74,22 @@ def test_cli_end_to_end_writes_metrics_predictions_and_picture(voc, clip224, tmp
     assert plan["options"]["zero-shot-seg"]["dense"] == "plain"
 
 
-def test_cli_maskclip_and_bg_threshold_change_the_prediction(voc, clip224, tmp_path):
+def test_cli_dense_modes_and_bg_threshold_change_the_prediction(voc, clip224, tmp_path, monkeypatch):
+    """--dense reaches segmentation.dense.dense_embeddings as that mode (each mode is checked against open_clip's
+    own modules in test_seg_dense.py and test_zero_shot_seg.py); the three modes predict differently."""
+    import lastvit_eval.engine.dense_forward as df
+
+    modes, real = [], df.dense_embeddings
+
+    def spy(visual, windows, mode="plain"):
+        modes.append(mode)
+        return real(visual, windows, mode)
+
+    monkeypatch.setattr(df, "dense_embeddings", spy)
     root, pairs, template = voc
     maps = {}
-    for args in (["--dense", "plain"], ["--dense", "maskclip"], ["--bg-threshold", "0.99"]):
+    for args in (["--dense", "plain"], ["--dense", "maskclip"], ["--dense", "value"], ["--bg-threshold", "0.99"]):
+        modes.clear()
         preds = tmp_path / "p" / "_".join(args).strip("-")
         r = runner.invoke(app, ["zero-shot-seg", "-c", str(clip224), "--seg-dataset", "voc21", "--seg-root", str(root),
                                 "--templates", str(template), "--save-predictions", str(preds), "--max-images", "1",
@@ -85,7 +97,11 @@ def test_cli_maskclip_and_bg_threshold_change_the_prediction(voc, clip224, tmp_p
         assert r.exit_code == 0, r.output
         assert len(list(preds.glob("*.png"))) == 1  # --max-images
         maps[args[1]] = np.asarray(Image.open(preds / pairs[0][1].name))
+        assert modes and set(modes) == {args[1] if args[0] == "--dense" else "plain"}, modes
+        plan = json.loads((tmp_path / "o" / preds.name / "plan.json").read_text())
+        assert plan["options"]["zero-shot-seg"]["dense"] == (args[1] if args[0] == "--dense" else "plain")
     assert not np.array_equal(maps["plain"], maps["maskclip"])
+    assert not np.array_equal(maps["value"], maps["maskclip"]) and not np.array_equal(maps["value"], maps["plain"])
     # a higher threshold only turns pixels into background (class 0); the others keep their class
     kept = maps["0.99"] != 0
     assert (maps["0.99"][kept] == maps["plain"][kept]).all()
@@ -95,7 +111,7 @@ def test_cli_maskclip_and_bg_threshold_change_the_prediction(voc, clip224, tmp_p
 @pytest.mark.parametrize("args,message", [
     (["--seg-root", "{missing}"], "--seg-root does not exist"),
     (["--seg-dataset", "voc2000"], "unknown segmentation dataset 'voc2000'"),
-    (["--dense", "sclip"], "--dense 'sclip': use plain or maskclip"),
+    (["--dense", "sclip"], "--dense 'sclip': use plain, maskclip or value"),
     (["--seg-dataset", "voc20", "--bg-threshold", "0.2"], "voc20 has no background class"),
     (["--save-predictions", "{file}"], "output folder is a file"),
     (["--seg-root", "{empty}"], "no JPEGImages/ folder"),

@@ -189,8 +189,10 @@ SegDataset = Annotated[str | None, _opt("--seg-dataset", help="voc20 | voc21 | c
                                         panel=ZSS)]
 SegRoot = Annotated[Path | None, _opt("--seg-root", help="The dataset folder in mmsegmentation's layout (or a "
                                       "parent such as VOCdevkit).", panel=ZSS)]
-Dense = Annotated[str, _opt("--dense", help="plain (final tokens after ln_post through proj; the paper) or maskclip "
-                            "(the last block's value path; the training-free baseline).", panel=ZSS)]
+Dense = Annotated[str, _opt("--dense", help="plain (final tokens after ln_post through proj; the paper), maskclip "
+                            "(MaskCLIP: the last block's value path plus its residual and MLP; the training-free "
+                            "baseline) or value (the bare value embedding out_proj(v), no residual, no MLP).",
+                            panel=ZSS)]
 BgThreshold = Annotated[float | None, _opt("--bg-threshold", help="Datasets with a background class: pixels whose "
                                            "best class probability is under this become background (default: the "
                                            "protocol's 0.1).", panel=ZSS)]

@@ -45,7 +45,7 @@ EXAMPLE_SIDE = 256  # long side of the images kept for the picture
 class DenseRequest:
     """What an evaluator asks of the dense forward (built from the protocol and its options)."""
 
-    mode: str  # plain | maskclip (segmentation.dense.MODES)
+    mode: str  # plain | maskclip | value (segmentation.dense.MODES)
     query_class: tuple[int, ...]  # text query -> class id (synonyms share a class)
     num_classes: int
     ignore_index: int

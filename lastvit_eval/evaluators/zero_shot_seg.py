@@ -1,8 +1,8 @@
 """Training-free zero-shot semantic segmentation of a CLIP checkpoint (the protocol SCLIP and NACLIP share).
 
 Dense CLIP patch embeddings (`--dense plain`: the final tokens after `ln_post` through `proj`, the
-paper's setting; `--dense maskclip`: the last block's value path, the usual training-free baseline) are
-compared by cosine with a text classifier of the dataset's class names (with synonyms) x OpenAI's 80
+paper's setting; `--dense maskclip`: MaskCLIP's last block, value path plus residual and MLP, the usual
+training-free baseline; `--dense value`: the bare value embedding, no residual, no MLP) are compared by cosine with a text classifier of the dataset's class names (with synonyms) x OpenAI's 80
 templates, over 224x224 sliding windows (stride 112) of the image resized per dataset; see
 `segmentation/` and the README section "Zero-shot segmentation".
 
@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..result import Result
 from .base import Evaluator, Inputs, MetricInfo, register
 
-DENSE_MODES = ("plain", "maskclip")
+DENSE_MODES = ("plain", "maskclip", "value")  # = segmentation.dense.MODES (tested)
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class ZeroShotSegOptions:
 
     def __post_init__(self) -> None:
         if self.dense not in DENSE_MODES:
-            raise InputError(f"--dense {self.dense!r}: use {' or '.join(DENSE_MODES)}")
+            raise InputError(f"--dense {self.dense!r}: use {', '.join(DENSE_MODES[:-1])} or {DENSE_MODES[-1]}")
         if self.bg_threshold is not None and not 0.0 <= float(self.bg_threshold) <= 1.0:
             raise InputError(f"--bg-threshold {self.bg_threshold}: a probability between 0 and 1")
 

@@ -3,13 +3,18 @@
 Modes (all end with the tower's `ln_post` then `@ proj`, patch tokens only, as a [B, E, h, w] map):
 
 * `plain`: the final tokens (what the tower computes anyway; its CLS is the image embedding).
-* `maskclip`: MaskCLIP's last block with the query-key attention skipped, as its ViT backbone does it
-  (MaskCLIP mmseg/models/backbones/vit.py, `TransformerEncoderLayer.forward(return_qkv=True)` with
-  `skip_last_attn`): `v = x + out_proj(W_v ln_1(x) + b_v)`, `v = v + mlp(ln_2(v))`, then the final norm
-  and the projection. (open_clip's layer scales `ls_1`, `ls_2` are applied where the block applies them;
-  they are identities in CLIP ViTs.)
+* `maskclip`: MaskCLIP's training-free dense feature, as its published code computes it (chongzhou96/MaskCLIP
+  @ 245d31f: `configs/_base_/models/maskclip_vit16.py` sets `return_qkv=True, final_norm=True`;
+  `mmseg/models/backbones/vit.py`, `TransformerEncoderLayer.forward(x, return_qkv=True)`: the packed
+  in-projection's value part through `out_proj`, `v += x`, `v = ffn(norm2(v), identity=v)`; then
+  `VisionTransformer.forward` applies the final norm to `v`, and `MaskClipHead.forward` its `proj`):
+  `v = x + out_proj(W_v ln_1(x) + b_v)`, `v = v + mlp(ln_2(v))`, then `ln_post` and `proj`. The residual
+  and the MLP are kept. (open_clip's layer scales `ls_1`, `ls_2` are applied where the block applies them;
+  they are identities in CLIP ViTs. The block's own MLP and norms are used: MaskCLIP's mmseg ViT rebuilds
+  them with GELU and LayerNorm eps 1e-6 for OpenAI's QuickGELU / eps 1e-5 weights.)
 * `value`: the bare value embedding of the last block, `out_proj(W_v ln_1(x) + b_v)`, without the
-  residual and the MLP (the value path that ClearCLIP / NACLIP's "reduced" last block keep).
+  residual and the MLP (what NACLIP's `arch='reduced'` last block drops, sinahmr/NACLIP @ 0cac3a6
+  `clip/model.py`, there with its neighbourhood attention instead of each token attending to itself).
 
 The last block's input `x` is taken with a forward pre-hook and the final tokens with a hook on
 `ln_post`, so one ordinary forward of the tower serves every mode (open_clip 2.x keeps blocks in
