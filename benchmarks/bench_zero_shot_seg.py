@@ -12,6 +12,9 @@ same number of windows (what the backbone alone costs). The text classifier is r
 paid once per run and cached in the feature store). Writes results/bench_zero_shot_seg.md.
 
     PYTHONPATH=. python benchmarks/bench_zero_shot_seg.py [--images 48] [--rounds 3] [--batch-size 32]
+
+(`--arch` takes another open_clip model name with 224-pixel inputs; tests/test_benchmarks_smoke.py runs the
+script end to end with ViT-S-32 on two images, which checks the table, not the speed.)
 """
 
 from __future__ import annotations
@@ -68,14 +71,15 @@ def make_voc(root: Path, n: int, seed: int = 0) -> Path:
     return base
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="ViT-B-16", help="open_clip model name (random init)")
     ap.add_argument("--images", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32, help="windows per tower forward")
     ap.add_argument("--dense", default="plain", choices=list(DENSE_MODES))
     ap.add_argument("--out", type=Path, default=Path("results/bench_zero_shot_seg.md"))
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     import open_clip
 
     threads = torch.get_num_threads()
@@ -84,10 +88,10 @@ def main() -> None:
         tmp = Path(tmp)
         make_voc(tmp / "data", a.images)
         torch.manual_seed(0)
-        clip = open_clip.create_model("ViT-B-16", pretrained=None)
-        torch.save(clip.state_dict(), tmp / "vit_b_16_random.pt")
+        clip = open_clip.create_model(a.arch, pretrained=None)
+        torch.save(clip.state_dict(), tmp / "random.pt")
         del clip
-        model = load_model(str(tmp / "vit_b_16_random.pt"), LoadOptions())
+        model = load_model(str(tmp / "random.pt"), LoadOptions())
         seg = open_dataset("voc21", tmp / "data")
         proto = seg.protocol
         from lastvit_eval.evaluators.zero_shot_seg import ZeroShotSegOptions
@@ -121,7 +125,7 @@ def main() -> None:
         f"Machine: {common.machine_line(threads)}; {common.load_text(load0, load1)}.", "",
         f"Data: {a.images} generated VOC-layout images (500x375 / 375x500 JPEG + palette PNG labels), protocol "
         f"voc21 (short side 336, 224x224 windows, stride 112: {best['windows'] // a.images} windows an image, "
-        f"{len(proto.query_class)} text queries), `--dense {a.dense}`, open_clip ViT-B/16 random init loaded "
+        f"{len(proto.query_class)} text queries), `--dense {a.dense}`, open_clip {a.arch} random init loaded "
         f"from a checkpoint file, bf16 autocast, {a.batch_size} windows per tower forward, no decode worker process "
         "(the engine's default on a 2-core CPU; one decode thread instead).", "",
         "| | min / median / max over rounds |", "|---|---|",
@@ -142,7 +146,8 @@ def main() -> None:
         "window assembly to the label map (two matrices per image), the largest logit per pixel, the background "
         "threshold (one exp per query and pixel), and the per-image confusion counts.", "",
         f"Command: `PYTHONPATH=. python benchmarks/bench_zero_shot_seg.py --images {a.images} --rounds {a.rounds} "
-        f"--batch-size {a.batch_size}`", "",
+        f"--batch-size {a.batch_size}{'' if a.arch == 'ViT-B-16' else ' --arch ' + a.arch}"
+        f"{'' if a.dense == 'plain' else ' --dense ' + a.dense}`", "",
     ]
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(lines))

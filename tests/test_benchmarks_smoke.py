@@ -3,7 +3,8 @@
 Benchmarks are scripts, not tests: nothing here times anything. What is checked is what a benchmark's
 figures rest on: that the FLOP count equals the ViT formula written out by hand, that the generated
 folders (real ImageNet wnids) map onto a 1000-way head without --class-map, and that the chain
-benchmark reads "images forwarded / reused" from a real run's metrics.json.
+benchmark reads "images forwarded / reused" from a real run's metrics.json. The zero-shot segmentation
+benchmark runs whole at its smallest size (a few seconds), to check the table it writes, never its speed.
 """
 
 from __future__ import annotations
@@ -74,3 +75,30 @@ def test_spread_orders_min_median_max():
     assert common.spread([3.0, 1.0, 2.0, 10.0, 4.0], "{:.0f}") == "1 / 3 / 10"
     with pytest.raises(ValueError):
         common.spread([])
+
+
+def test_zero_shot_seg_benchmark_writes_its_table(tmp_path: Path, capsys):
+    """bench_zero_shot_seg.py end to end at its smallest (ViT-S-32, two generated VOC images, one round): the
+    table has its rows and columns, and the share outside the backbone is a percentage."""
+    import re
+
+    import bench_zero_shot_seg
+
+    out = tmp_path / "bench_zero_shot_seg.md"
+    bench_zero_shot_seg.main(["--arch", "ViT-S-32", "--images", "2", "--rounds", "1", "--batch-size", "8",
+                              "--out", str(out)])
+    text = out.read_text()
+    assert "--images 2 --rounds 1 --batch-size 8 --arch ViT-S-32`" in text  # the command reproduces the run
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("|")]
+    assert rows[0] == ["", "min / median / max over rounds"] and set(rows[1][0]) == {"-"}
+    table = {r[0]: r[1] for r in rows[2:]}
+    assert list(table) == ["images/s (end to end)", "wall seconds per round", "seconds inside the tower (synchronized)",
+                           "share of wall time outside the tower", "bare tower, same windows, same process (s)"]
+    spread = [float(v) for v in re.findall(r"[-\d.]+(?=%)", table["share of wall time outside the tower"])]
+    assert len(spread) == 3 and spread[0] == spread[1] == spread[2]  # one round: min = median = max
+    assert 0.0 <= spread[0] <= 100.0
+    ips, wall, inside = (float(table[k].split(" / ")[0]) for k in list(table)[:3])
+    assert ips > 0 and 0 < inside <= wall
+    assert 2 / (wall + 0.005) - 0.0005 <= ips <= 2 / (wall - 0.005) + 0.0005  # images / wall, as rounded
+    assert "6 windows an image" in text and "Goal: under 20%" in text
