@@ -229,7 +229,7 @@ def _provenance(plan: Plan, spec, feats: Features) -> dict:
         "transform": transform,
         "dataset": {"name": req.dataset_name or Path(req.root or req.test or req.test_features or "dataset").name,
                     "test": plan.test.source, "train": plan.train.source if plan.train is not None else None,
-                    "classes": len(plan.classes),
+                    "classes": plan.seg.protocol.num_classes if plan.seg is not None else len(plan.classes),
                     "unreadable": [list(u) for u in plan.test.unreadable]},
         "engine": req.engine.to_dict(),
         "dtype": req.engine.dtype if plan.model is not None else (plan.test.features.meta.get("engine") or {}).get(

@@ -72,6 +72,7 @@ def test_cli_end_to_end_writes_metrics_predictions_and_picture(voc, clip224, tmp
     assert per_class[1].startswith("0,background,")
     plan = json.loads((out / "plan.json").read_text())
     assert plan["options"]["zero-shot-seg"]["dense"] == "plain"
+    assert record["provenance"]["dataset"]["name"] == "voc21" and record["provenance"]["dataset"]["classes"] == 21
 
 
 def test_cli_dense_modes_and_bg_threshold_change_the_prediction(voc, clip224, tmp_path, monkeypatch):
