@@ -230,7 +230,7 @@ def _provenance(plan: Plan, spec, feats: Features) -> dict:
         "dataset": {"name": req.dataset_name or Path(req.root or req.test or req.test_features or "dataset").name,
                     "test": plan.test.source, "train": plan.train.source if plan.train is not None else None,
                     "classes": plan.seg.protocol.num_classes if plan.seg is not None else len(plan.classes),
-                    "unreadable": [list(u) for u in plan.test.unreadable]},
+                    "unreadable": [list(u) for u in plan.test.unreadable], **plan.test.meta},
         "engine": req.engine.to_dict(),
         "dtype": req.engine.dtype if plan.model is not None else (plan.test.features.meta.get("engine") or {}).get(
             "dtype"),

@@ -44,7 +44,7 @@ class RunRequest:
     image_set: str | None = None  # default: trainval (Main) for boxes, val (Segmentation) for masks
     coco_root: Path | None = None  # folder holding the COCO images named by the annotations' file_name
     coco_annotations: Path | None = None  # COCO instances json (pycocotools)
-    image_list: Path | None = None  # COCO subset: LOST's COCO20k file-name list (or integer ids)
+    image_list: str | Path | None = None  # COCO subset: a file of names / ids, or `coco20k` (the shipped list)
     seg_dataset: str | None = None  # zero-shot segmentation benchmark (assets/seg_datasets.json)
     seg_root: Path | None = None  # its folder, in mmsegmentation's layout
     train: Path | None = None
@@ -80,6 +80,7 @@ class Split:
     paths: list[Path] | None = None  # None: rows come from a feature file
     features: object | None = None  # FeatureSet in feature-file mode
     unreadable: list = field(default_factory=list)
+    meta: dict = field(default_factory=dict)  # recorded under provenance.dataset (e.g. the COCO image list)
 
     @property
     def size(self) -> int:
@@ -233,7 +234,7 @@ def _voc_split(req: RunRequest, needs: set[str]):
 def _coco_split(req: RunRequest) -> tuple[Split, dict]:
     """A COCO (sub)set as the test split: the listed ids (all when no --image-list) with LOST's boxes; every
     image file must exist under --coco-root (checked here, before any forward)."""
-    from .data.coco_subset import load_coco_subset, read_image_list
+    from .data.coco_subset import describe_image_list, load_coco_subset, read_image_list
 
     if req.coco_annotations is None or req.coco_root is None:
         raise InputError("COCO object discovery needs both --coco-root (the image folder) and --coco-annotations")
@@ -249,9 +250,10 @@ def _coco_split(req: RunRequest) -> tuple[Split, dict]:
             raise InputError(f"{path}: image {image_id} of {req.coco_annotations} not found under --coco-root")
         split_ids.append(str(image_id))
         paths.append(path)
-    source = f"{req.coco_annotations}" + (f" ({req.image_list})" if req.image_list is not None else "")
+    meta = {"image_list": describe_image_list(req.image_list, ids)} if ids is not None else {}
+    source = f"{req.coco_annotations}" + (f" ({meta['image_list']['source']})" if ids is not None else "")
     coco = {str(k): v for k, v in images.items()}
-    return Split("test", split_ids, [None] * len(split_ids), source, paths=paths), coco
+    return Split("test", split_ids, [None] * len(split_ids), source, paths=paths, meta=meta), coco
 
 
 def _resolution(evaluators, model: LoadedModel, engine: EngineSpec) -> LoadedModel:

@@ -85,10 +85,11 @@ def coco(tmp_path: Path) -> dict:
     return {"root": root, "ann": ann, "list": listing}
 
 
-def reference_taps(ckpt: Path, path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """Patch keys [P, D] (rounded to fp16 as the tap stores them) and CLS attention [H, P], LOST's way."""
+def reference_taps(ckpt: Path, path: Path, registers: int = 0) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Patch keys [P, D] (rounded to fp16 as the tap stores them) and CLS attention [H, P], LOST's way; with
+    registers (timm's reg_tokens, after CLS), their rows and columns are dropped with the CLS token's."""
     m = VisionTransformer(img_size=32, patch_size=PATCH, embed_dim=192, depth=2, num_heads=HEADS, num_classes=0,
-                          dynamic_img_size=True)
+                          dynamic_img_size=True, reg_tokens=registers, no_embed_class=registers > 0)
     m.load_state_dict(torch.load(ckpt, weights_only=True))
     m.eval()
     img = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.485, 0.456, 0.406),
@@ -104,8 +105,9 @@ def reference_taps(ckpt: Path, path: Path) -> tuple[np.ndarray, np.ndarray, tupl
     hook.remove()
     n = out["qkv"].shape[1]
     q, k, _ = out["qkv"].reshape(1, n, 3, HEADS, -1).permute(2, 0, 3, 1, 4)
-    keys = k.transpose(1, 2).reshape(1, n, -1)[0, 1:]
-    attn = torch.softmax(q @ k.transpose(-2, -1) * (192 // HEADS) ** -0.5, dim=-1)[0, :, 0, 1:]
+    first = 1 + registers  # CLS, then the registers, then the patches
+    keys = k.transpose(1, 2).reshape(1, n, -1)[0, first:]
+    attn = torch.softmax(q @ k.transpose(-2, -1) * (192 // HEADS) ** -0.5, dim=-1)[0, :, 0, first:]
     grid = (padded.shape[1] // PATCH, padded.shape[2] // PATCH)
     return keys.half().double().numpy(), attn.double().numpy(), grid
 
@@ -130,7 +132,7 @@ def coco_truth(image_id: int) -> list[tuple]:
     return [tuple(float(round(v)) for v in (x, y, x + w, y + h)) for x, y, w, h, crowd in anns if not crowd]
 
 
-def check_run(out: Path, ckpt: Path, method: str, images: dict[str, tuple[Path, list]]) -> None:
+def check_run(out: Path, ckpt: Path, method: str, images: dict[str, tuple[Path, list]], registers: int = 0) -> None:
     rec = json.loads((out / "last-k1" / "metrics.json").read_text())
     rows = pd.read_csv(out / "last-k1" / "corloc_rows.csv", dtype={"image_id": str})
     assert list(rows.columns)[:7] == ["image_id", "x0", "y0", "x1", "y1", "iou", "hit"]
@@ -138,7 +140,7 @@ def check_run(out: Path, ckpt: Path, method: str, images: dict[str, tuple[Path, 
     assert rec["provenance"]["transform"]["kind"] == "full-padded"
     hits = []
     for image_id, (path, truth) in images.items():
-        keys, attn, grid = reference_taps(ckpt, path)
+        keys, attn, grid = reference_taps(ckpt, path, registers)
         w, h = Image.open(path).size
         if method == "lost":
             box = lost_transcribed(torch.tensor(keys), grid, PATCH, (h, w), 100)
@@ -176,6 +178,102 @@ def test_corloc_on_a_coco_subset_matches_the_reference(coco, ckpt, tmp_path, met
     assert r.exit_code == 0, r.output
     images = {str(i): (coco["root"] / f"COCO_train2014_{i:012d}.jpg", coco_truth(i)) for i in (2, 4)}
     check_run(out, ckpt, method, images)
+    listed = json.loads((out / "last-k1" / "metrics.json").read_text())["provenance"]["dataset"]["image_list"]
+    assert listed["source"] == str(coco["list"]) and listed["images"] == 2 and listed["coco20k"] is False
+
+
+@pytest.mark.parametrize("method", ["lost", "dino-seg"])
+def test_registers_are_dropped_like_the_class_token(devkit, tmp_path, method):
+    """A timm ViT with 4 register tokens: the boxes are LOST's / DINO-seg's on the patch tokens alone."""
+    torch.manual_seed(5)
+    reg = VisionTransformer(img_size=32, patch_size=PATCH, embed_dim=192, depth=2, num_heads=HEADS, num_classes=0,
+                            reg_tokens=4, no_embed_class=True)
+    with torch.no_grad():
+        for name, p in reg.named_parameters():
+            if "norm" in name or "reg_token" in name or "cls_token" in name:
+                p.add_(torch.randn_like(p) * 0.5)
+    ckpt = tmp_path / "dino_reg4.pth"
+    torch.save(reg.state_dict(), ckpt)
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["corloc", "-c", str(ckpt), "--voc-root", str(devkit), "--year", "2007", "--method",
+                            method, "--dinoseg-head", str(HEAD), "-o", str(out), "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    base = devkit / "VOCdevkit" / "VOC2007"
+    check_run(out, ckpt, method, {i: (base / "JPEGImages" / f"{i}.jpg", voc_truth(devkit, i)) for i, _, _ in VOC},
+              registers=4)
+    # the registers do change the tokens: a reference that kept them as patches would see 4 more columns
+    keys, attn, grid = reference_taps(ckpt, base / "JPEGImages" / "000005.jpg", 4)
+    assert keys.shape[0] == attn.shape[1] == grid[0] * grid[1]
+
+
+def test_last_votes_on_a_coco_subset_matches_a_recomputation(coco, ckpt, tmp_path):
+    """`--method last-votes` on COCO: the vote-map box re-derived here from the stored votes (components by
+    breadth-first search, the one with the most votes, mapped back through Resize + CenterCrop), IoU by pixel
+    masks against the json's non-crowd boxes."""
+    from test_discovery_cli import _components
+
+    from lastvit_eval.engine.device import EngineSpec
+    from lastvit_eval.engine.extract import extract
+    from lastvit_eval.engine.taps import TapRequest
+    from lastvit_eval.geometry import crop_offsets, resized_size
+    from lastvit_eval.models import load_model
+    from lastvit_eval.pooling import PoolingSpec
+
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["corloc", "-c", str(ckpt), "--coco-root", str(coco["root"]), "--coco-annotations",
+                            str(coco["ann"]), "--image-list", str(coco["list"]), "--method", "last-votes",
+                            "-o", str(out), "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((out / "last-k1" / "metrics.json").read_text())
+    rows = pd.read_csv(out / "last-k1" / "corloc_rows.csv", dtype={"image_id": str})
+    assert list(rows.columns)[:7] == ["image_id", "x0", "y0", "x1", "y1", "iou", "hit"]
+    assert sorted(rows["image_id"]) == ["2", "4"]
+    model = load_model(ckpt)
+    t, g, p = model.transform, model.arch.grid, model.arch.patch_size
+    assert t.kind == "resize-crop" and rec["provenance"]["transform"].get("kind") != "full-padded"
+    paths = [coco["root"] / f"COCO_train2014_{i:012d}.jpg" for i in (2, 4)]
+    feats = extract(model, paths, TapRequest((PoolingSpec("last"),), frozenset({"votes"})),
+                    EngineSpec(device="cpu", workers=0), progress=False)
+    hits, boxes = [], 0
+    for n, image_id in enumerate((2, 4)):
+        w, h = Image.open(paths[n]).size
+        v = feats.arrays["votes/last-k1"][n].reshape(g).astype(np.float64)
+        comps = _components(v > v.mean() + v.std())
+        row = rows[rows["image_id"] == str(image_id)].iloc[0]
+        if not comps:
+            assert row["status"] == "no_box" and not row["hit"]
+            hits.append(False)
+            continue
+        boxes += 1
+        best = max(comps, key=lambda c: (sum(v[rc] for rc in c), -min(r_ * g[1] + c_ for r_, c_ in c)))
+        r0, r1 = min(r_ for r_, _ in best), max(r_ for r_, _ in best) + 1
+        c0, c1 = min(c_ for _, c_ in best), max(c_ for _, c_ in best) + 1
+        nw, nh = resized_size(w, h, t.resize)
+        left, top = crop_offsets(nw, nh, t.crop)
+        box = [(c0 * p + left) * w / nw, (r0 * p + top) * h / nh, (c1 * p + left) * w / nw, (r1 * p + top) * h / nh]
+        box = [min(max(x, 0), lim) for x, lim in zip(box, (w, h, w, h), strict=True)]
+        np.testing.assert_allclose(row[["x0", "y0", "x1", "y1"]].to_numpy(float), box, atol=1e-3)
+        ious = [_fine_pixel_iou(box, gt, (w, h)) for gt in coco_truth(image_id)]
+        assert row["iou"] == pytest.approx(max(ious), abs=0.02)
+        if abs(max(ious) - 0.5) > 0.02:
+            assert bool(row["hit"]) == (max(ious) >= 0.5)
+        hits.append(bool(row["hit"]))
+    assert boxes > 0  # a box was found and scored, not only no_box rows
+    assert rec["metrics"]["corloc.hit"]["value"] == pytest.approx(100 * np.mean(hits))
+    assert rec["info"]["corloc"]["method"] == "last-votes"
+
+
+def _fine_pixel_iou(a, b, size) -> float:
+    """IoU of two pixel-edge boxes (fractional corners) by counting 1/8-pixel cells of the image."""
+    w, h = size
+    xs = (np.arange(w * 8) + 0.5) / 8
+    ys = (np.arange(h * 8) + 0.5) / 8
+
+    def mask(box):
+        return ((ys[:, None] >= box[1]) & (ys[:, None] < box[3])) & ((xs[None] >= box[0]) & (xs[None] < box[2]))
+
+    ma, mb = mask(a), mask(b)
+    return float((ma & mb).sum() / max((ma | mb).sum(), 1))
 
 
 def test_full_resolution_tokens_equal_timms_dynamic_model(ckpt, devkit):

@@ -134,19 +134,45 @@ def test_corloc_last_votes_matches_a_hand_recomputation(devkit, ckpt, tmp_path):
     assert "LOST: full image" in rec["info"]["corloc"]["protocol"]
 
 
+def _otsu_brute_force(values: np.ndarray) -> float:
+    """Otsu on a 256-bin histogram (scikit-image's definition: pixels stand at their bin's centre, the cut after
+    bin k maximising w0 * w1 * (m0 - m1)^2, first maximum, threshold = centre of bin k), by trying every cut
+    over the pixels themselves."""
+    v = values.astype(np.float64).ravel()
+    edges = np.linspace(v.min(), v.max(), 257)
+    centre = (edges[:-1] + edges[1:]) / 2
+    b = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, 255)
+    at = centre[b]  # every pixel moved to its bin's centre
+    best, best_k = -1.0, 0
+    for k in range(255):
+        low, high = at[b <= k], at[b > k]
+        if not len(low) or not len(high):
+            var = 0.0
+        else:
+            var = len(low) * len(high) * (low.mean() - high.mean()) ** 2
+        if var > best:
+            best, best_k = var, k
+    return float(centre[best_k])
+
+
 def test_coarse_seg_counts_match_pixel_counting(devkit, ckpt, tmp_path):
+    base = devkit / "VOCdevkit" / "VOC2012"
+    empty = np.zeros((40, 72), dtype=np.uint8)  # 2008_000004: no object in its mask, so no fg anywhere
+    empty[0, :] = 255
+    write_palette_png(base / "SegmentationClass" / "2008_000004.png", empty)
     r = runner.invoke(app, ["coarse-seg", "-c", str(ckpt), "--voc-root", str(devkit), "--threshold", "mean",
-                            "--threshold", "0.5", "-o", str(tmp_path / "out"), "--workers", "0", "--no-progress"])
+                            "--threshold", "0.5", "--threshold", "otsu", "--threshold", "5", "-o",
+                            str(tmp_path / "out"), "--workers", "0", "--no-progress"])
     assert r.exit_code == 0, r.output
     rec = json.loads((tmp_path / "out" / "last-k1" / "metrics.json").read_text())
     rows = pd.read_csv(tmp_path / "out" / "last-k1" / "coarse_seg_rows.csv", dtype={"image_id": str})
     model = load_model(ckpt)
     t, g = model.transform, model.arch.grid
-    base = devkit / "VOCdevkit" / "VOC2012"
     feats = extract(model, [base / "JPEGImages" / f"{i}.jpg" for i, _, _ in VOC],
                     TapRequest((PoolingSpec("last"),), frozenset({"patch_scores"})), EngineSpec(device="cpu", workers=0),
                     progress=False)
-    totals = {"mean": np.zeros(4), "0_5": np.zeros(4)}
+    totals = {name: np.zeros(4) for name in ("mean", "0_5", "otsu", "5")}
+    otsu_fg = []
     for n, (image_id, _, _) in enumerate(VOC):
         lab = torch.from_numpy(np.array(Image.open(base / "SegmentationClass" / f"{image_id}.png")))[None]
         lab = TF.center_crop(TF.resize(lab, [t.resize], interpolation=InterpolationMode.NEAREST_EXACT), [t.crop])[0]
@@ -154,7 +180,7 @@ def test_coarse_seg_counts_match_pixel_counting(devkit, ckpt, tmp_path):
         s = torch.from_numpy(feats.arrays["patch_scores/last-k1"][n].reshape(g))[None, None]
         smap = F.interpolate(s, size=lab.shape, mode="bilinear", align_corners=False)[0, 0].numpy()
         row = rows[rows["image_id"] == image_id].iloc[0]
-        for name, thr in (("mean", smap.mean()), ("0_5", 0.5)):
+        for name, thr in (("mean", smap.mean()), ("0_5", 0.5), ("otsu", _otsu_brute_force(smap)), ("5", 5.0)):
             pred, valid = smap > thr, lab != 255
             gt = (lab != 0) & valid
             want = [(pred & gt & valid).sum(), ((pred & valid) | gt).sum(), (~pred & ~gt & valid).sum(),
@@ -162,7 +188,17 @@ def test_coarse_seg_counts_match_pixel_counting(devkit, ckpt, tmp_path):
             got = row[[f"{name}.fg_intersection", f"{name}.fg_union", f"{name}.bg_intersection",
                        f"{name}.bg_union"]].to_numpy(int)
             np.testing.assert_array_equal(got, want, err_msg=f"{image_id} {name}")
+            fg = 100 * want[0] / want[1] if want[1] else float("nan")
+            bg = 100 * want[2] / want[3] if want[3] else float("nan")
+            np.testing.assert_allclose(row[[f"{name}.fg_iou", f"{name}.bg_iou", f"{name}.miou"]].to_numpy(float),
+                                       [fg, bg, (fg + bg) / 2], atol=1e-3, err_msg=f"{image_id} {name}")
             totals[name] += want
+            if name == "otsu":
+                otsu_fg.append((int((pred & valid).sum()), int(valid.sum())))
+    # the last image: no object and (threshold 5, above any cosine) no prediction -> fg union 0 -> NaN fg and miou
+    last = rows[rows["image_id"] == "2008_000004"].iloc[0]
+    assert np.isnan(last["5.fg_iou"]) and np.isnan(last["5.miou"]) and last["5.bg_iou"] == 100.0
+    assert all(0 < fg < valid for fg, valid in otsu_fg)  # Otsu split every map (neither all nor nothing)
     for name, c in totals.items():
         fg, bg = c[0] / c[1], c[2] / c[3]
         assert rec["metrics"][f"coarse_seg.{name}.miou"]["value"] == pytest.approx(100 * (fg + bg) / 2)

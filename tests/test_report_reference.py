@@ -9,6 +9,7 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from lastvit_eval.cli import app
+from lastvit_eval.data.coco_subset import describe_image_list, read_image_list
 from lastvit_eval.report.reference import load_reference
 
 runner = CliRunner()
@@ -54,11 +55,34 @@ def test_report_puts_published_values_beside_matching_runs(tmp_path: Path):
             dataset={"name": "val100", "test": "/data/in100/val", "classes": 100})  # not the published split
     _record(runs / "reg", family="torchvision", width=768, patch=16, metric="patch_hit.top1", value=41.0,
             dataset=imagenet, registers=4, name="reg.pth")
+    voc12_seg = {"name": "VOC2012", "test": "/data/VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"}
+    _record(runs / "dino-seg-mean", family="dino", width=384, patch=16, metric="coarse_seg.mean.miou", value=50.0,
+            dataset=voc12_seg, info={"coarse-seg": {"thresholds": ["mean"]}})
+    _record(runs / "dino-seg-trainval", family="dino", width=384, patch=16, metric="coarse_seg.otsu.miou",
+            value=50.0, dataset={"name": "VOC2012",
+                                 "test": "/data/VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt"})
+    coco = "/data/coco/instances_train2014.json"
+    _record(runs / "coco20k-lost", family="dino", width=384, patch=16, metric="corloc.hit", value=49.0,
+            dataset={"name": "coco", "test": f"{coco} (coco20k)",
+                     "image_list": describe_image_list("coco20k", read_image_list("coco20k"))},
+            info={"corloc": {"method": "lost"}})
+    small = tmp_path / "coco_20k_first2.txt"
+    small.write_text("560992\n396626\n")
+    _record(runs / "coco-custom", family="dino", width=384, patch=16, metric="corloc.hit", value=49.0,
+            dataset={"name": "coco", "test": f"{coco} ({small})",
+                     "image_list": describe_image_list(small, read_image_list(small))},
+            info={"corloc": {"method": "lost"}})
     out = tmp_path / "report"
     res = runner.invoke(app, ["report", str(runs), "-o", str(out), "--reference", "paper"])
     assert res.exit_code == 0, res.output
     got = pd.read_csv(out / "reference.csv").set_index("run")
-    assert set(got.index) == {"tv-last", "dino-lost", "reg"}
+    assert set(got.index) == {"tv-last", "dino-lost", "reg", "dino-seg-mean", "coco20k-lost"}
+    # coarse-seg: any threshold's miou against the voc12 (Segmentation val) row of DINO ViT-S/16
+    assert (got.loc["dino-seg-mean", "paper_baseline"], got.loc["dino-seg-mean", "paper_last"]) == (47.7, 55.1)
+    assert got.loc["dino-seg-mean", "paper_dataset"] == "voc12-val"
+    assert got.loc["dino-seg-mean", "metric"] == "coarse_seg.mean.miou"
+    # COCO20k only for LOST's list (content); a custom list named like it is not matched
+    assert (got.loc["coco20k-lost", "paper_baseline"], got.loc["coco20k-lost", "paper_dataset"]) == (50.7, "coco20k")
     assert (got.loc["tv-last", "paper_baseline"], got.loc["tv-last", "paper_last"]) == (42.7, 55.1)
     assert got.loc["tv-last", "paper_model"] == "label ViT-B/16"
     assert (got.loc["dino-lost", "paper_baseline"], got.loc["dino-lost", "paper_last"]) == (61.9, 64.4)

@@ -159,8 +159,9 @@ CocoRoot = Annotated[Path | None, _opt("--coco-root", help="corloc: folder of th
                                        "named by the annotations' file_name.", panel=DATA)]
 CocoAnnotations = Annotated[Path | None, _opt("--coco-annotations", help="corloc: COCO instances json (e.g. "
                                               "instances_train2014.json).", panel=DATA)]
-ImageList = Annotated[Path | None, _opt("--image-list", help="corloc: COCO subset, one file name or id per line "
-                                        "(LOST's coco_20k_filenames.txt for COCO20k).", panel=DATA)]
+ImageList = Annotated[str | None, _opt("--image-list", help="corloc: COCO subset, one file name or id per line; "
+                                       "`coco20k` is LOST's 19,817-image list, shipped (a file named so: ./coco20k).",
+                                       panel=DATA)]
 VoteStd = Annotated[float, _opt("--vote-std", help="corloc: foreground where votes > mean + this many standard "
                                 "deviations.", panel=LOC)]
 VoteThreshold = Annotated[float | None, _opt("--vote-threshold", help="corloc: an absolute vote count instead.",

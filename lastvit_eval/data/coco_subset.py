@@ -1,7 +1,9 @@
 """A COCO subset given by an image list, with boxes as LOST takes them (COCO20k for object discovery).
 
-COCO20k is the 19,817-image subset of COCO train2014 used by LOST (valeoai/LOST,
-`datasets/coco_20k_filenames.txt`, not shipped here). Its format, read by `datasets.py: select_coco_20k`:
+COCO20k is the 19,817-image subset of COCO train2014 used by LOST and later work. Its list ships as
+`assets/coco_20k_filenames.txt`, a byte copy of valeoai/LOST's `datasets/coco_20k_filenames.txt` (commit
+fcedbecb644f18358a660ce58c739cc6374feda8); `--image-list coco20k` names it. Its format, read by LOST's
+`datasets.py: select_coco_20k`:
 one file name per line, `train2014/COCO_train2014_000000560992.jpg`; the image id is the integer after the
 last underscore (`int(s.split("_")[-1].split(".")[0])`). Bare integer ids, one per line, are accepted too.
 
@@ -14,9 +16,12 @@ the exact floats.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import io
 import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +39,51 @@ class COCOImage:
     n_crowd: int  # crowd annotations dropped
 
 
-def read_image_list(path: Path) -> list[int]:
-    """LOST's COCO20k list (or any such list): image ids in file order."""
-    path = Path(path)
+COCO20K = "coco20k"  # `--image-list coco20k`: the shipped list (a file of that name: write ./coco20k)
+COCO20K_ASSET = "assets/coco_20k_filenames.txt"
+COCO20K_SIZE = 19817
+
+
+def ids_digest(ids: list[int]) -> str:
+    """sha256 of the sorted ids, one per line: the same subset gives the same digest whatever the list's format
+    (file names or bare ids) or order."""
+    return hashlib.sha256("".join(f"{i}\n" for i in sorted(ids)).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def coco20k_ids() -> tuple[int, ...]:
+    """The shipped COCO20k list's ids, in LOST's file order."""
+    text = resources.files("lastvit_eval").joinpath(COCO20K_ASSET).read_text(encoding="utf-8")
+    return tuple(_parse_ids(text, COCO20K_ASSET))
+
+
+@functools.lru_cache(maxsize=1)
+def coco20k_digest() -> str:
+    return ids_digest(list(coco20k_ids()))
+
+
+def read_image_list(spec: str | Path) -> list[int]:
+    """LOST's COCO20k list (or any such list): image ids in file order. `coco20k` is the shipped list."""
+    if str(spec) == COCO20K and isinstance(spec, str):
+        return list(coco20k_ids())
+    path = Path(spec)
     if not path.is_file():
-        raise InputError(f"{path}: image list file does not exist")
+        hint = f" (`{COCO20K}` names the shipped COCO20k list)" if path.name.lower().startswith("coco") else ""
+        raise InputError(f"{path}: image list file does not exist{hint}")
+    return _parse_ids(path.read_text(), str(path))
+
+
+def describe_image_list(spec: str | Path, ids: list[int]) -> dict:
+    """What a record keeps of the list: where from, how many ids, their digest, and whether it is COCO20k."""
+    digest = ids_digest(ids)
+    return {"source": f"{COCO20K} (shipped: LOST's coco_20k_filenames.txt)" if isinstance(spec, str) and
+            spec == COCO20K else str(spec), "images": len(ids), "ids_sha256": digest,
+            "coco20k": digest == coco20k_digest()}
+
+
+def _parse_ids(text: str, where: str) -> list[int]:
     ids: list[int] = []
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(text.splitlines(), start=1):
         s = line.strip()
         if not s:
             continue
@@ -50,13 +93,13 @@ def read_image_list(path: Path) -> list[int]:
         stem = s.rsplit("/", 1)[-1].rsplit(".", 1)[0]
         tail = stem.rsplit("_", 1)[-1]
         if "." not in s.rsplit("/", 1)[-1] or not tail.isdigit():
-            raise InputError(f"{path}:{line_no}: expected a file name like train2014/COCO_train2014_000000560992.jpg "
+            raise InputError(f"{where}:{line_no}: expected a file name like train2014/COCO_train2014_000000560992.jpg "
                              f"or an integer id, got {s!r}")
         ids.append(int(tail))
     if not ids:
-        raise InputError(f"{path}: image list is empty")
+        raise InputError(f"{where}: image list is empty")
     if len(set(ids)) != len(ids):
-        raise InputError(f"{path}: image ids repeat")
+        raise InputError(f"{where}: image ids repeat")
     return ids
 
 

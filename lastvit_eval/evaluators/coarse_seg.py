@@ -5,7 +5,8 @@ upsampled bilinearly (align_corners=False) to the evaluated crop, thresholded (`
 `otsu` or a number; repeatable, every one reported) and compared with the mask's foreground (any of the
 20 classes) and background, ignore label 255 excluded. Intersections and unions are summed over images
 before dividing; the mean of foreground and background IoU is `coarse_seg.<threshold>.miou`, with a
-bootstrap interval over images. The mask goes through the same Resize + CenterCrop as the pixels
+bootstrap interval over images. Per-image rows (`coarse_seg_rows.csv`) hold, per threshold, the four counts
+and that image's `fg_iou`, `bg_iou`, `miou` in percent (NaN where a union is 0; `miou` NaN if either is). The mask goes through the same Resize + CenterCrop as the pixels
 (nearest), so the score is measured inside the crop the model saw. The paper does not publish its
 threshold (nor the VOC12 split; this uses the Segmentation `val` set unless `--image-set` says otherwise).
 """
@@ -77,6 +78,10 @@ class CoarseSeg(Evaluator):
                 metrics[f"coarse_seg.{name}.{key}"] = m
             for j, col in enumerate(("fg_intersection", "fg_union", "bg_intersection", "bg_union")):
                 rows[f"{name}.{col}"] = c[:, j]
+            with np.errstate(invalid="ignore", divide="ignore"):  # a union of 0: NaN (no pixel of either side)
+                fg = np.where(c[:, 1] > 0, 100.0 * c[:, 0] / c[:, 1], np.nan)
+                bg = np.where(c[:, 3] > 0, 100.0 * c[:, 2] / c[:, 3], np.nan)
+            rows[f"{name}.fg_iou"], rows[f"{name}.bg_iou"], rows[f"{name}.miou"] = fg, bg, (fg + bg) / 2
         info = {"thresholds": [n for n, _ in thresholds], "images": len(rows),
                 "protocol": "patch scores upsampled to the model's crop, mask through the same Resize + CenterCrop"}
         return Result(self.name, metrics, rows=rows, info=info)

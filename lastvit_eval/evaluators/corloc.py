@@ -85,10 +85,11 @@ class CorLoc(Evaluator):
             if not_last:
                 raise InputError(f"corloc --method last-votes: votes exist for LAST poolings only, got "
                                  f"{', '.join(not_last)}")
-        if o.method in ("lost", "dino-seg") and plan.model.backbone.num_prefix_tokens != 1:
-            raise InputError(f"corloc --method {o.method}: {plan.model.name} has "
-                             f"{plan.model.backbone.num_prefix_tokens} prefix tokens; LOST and DINO-seg are "
-                             "defined for a ViT with one class token")
+        # registers (DINOv2-reg, timm reg_tokens) are fine: the taps drop every prefix token from the keys and
+        # the CLS attention's columns (engine/taps.py), and DINO-seg renormalises the attention over the patches
+        if o.method in ("lost", "dino-seg") and not plan.model.has_class_token:
+            raise InputError(f"corloc --method {o.method}: {plan.model.name} has no class token; LOST and DINO-seg "
+                             "are defined for a ViT with one")
         if o.method == "dino-seg" and o.dinoseg_head >= plan.model.arch.heads:
             raise InputError(f"--dinoseg-head {o.dinoseg_head}: {plan.model.name} has {plan.model.arch.heads} heads")
         if plan.voc is not None:

@@ -10,7 +10,7 @@ dataset[, CorLoc method]) with the baseline and the LaSt value. A measured row i
   `ResNet-<depth>`;
 * dataset from the recorded data source: ImageNet-1k val only for a 1000-class ImageNet-style split (a
   subset is not the published protocol), `voc07-trainval` / `voc12-trainval` / `voc12-val` from a VOC
-  devkit path, `coco20k` from a COCO image list, the segmentation benchmark's name for zero-shot-seg;
+  devkit path, `coco20k` only when the COCO image list held LOST's 19,817 ids (same sorted-id digest), the segmentation benchmark's name for zero-shot-seg;
 * CorLoc rows also on the method.
 
 Both published values are shown (baseline and LaSt): which one a run should be read against depends on
@@ -112,12 +112,22 @@ def dataset_key(metric: str, record: dict) -> str:
         info = (record.get("info") or {}).get("zero-shot-seg") or {}
         return str(info.get("dataset") or ds.get("seg_dataset") or ds.get("name") or "")
     if "coco" in text.lower():
-        return "coco20k" if "20k" in text.lower() or ds.get("image_list") else "coco"
+        return "coco20k" if _is_coco20k(ds.get("image_list")) else "coco"
     year = re.search(r"VOC(2007|2012)", text)
     if not year:
         return ""
     image_set = ds.get("image_set") or (re.search(r"ImageSets/\w+/(\w+)\.txt", text) or [None, ""])[1]
     return f"voc{year.group(1)[2:]}-{image_set}" if image_set else f"voc{year.group(1)[2:]}"
+
+
+def _is_coco20k(image_list) -> bool:
+    """COCO20k only when the run's list held LOST's 19,817 ids (digest of the sorted ids), whatever its file
+    was called: a custom subset is not the published protocol."""
+    from ..data.coco_subset import COCO20K_SIZE, coco20k_digest
+
+    if not isinstance(image_list, dict):
+        return False
+    return image_list.get("images") == COCO20K_SIZE and image_list.get("ids_sha256") == coco20k_digest()
 
 
 def method_of(record: dict) -> str:
