@@ -19,8 +19,8 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 from typer.testing import CliRunner
 
 from lastvit_eval.app import app
-from lastvit_eval.data.transform import TransformSpec
 from lastvit_eval.data.masks import mask_to_crop
+from lastvit_eval.data.transform import TransformSpec
 from lastvit_eval.geometry import mask_patch_targets, patch_targets, resized_size
 from lastvit_eval.report import plots
 
