@@ -129,3 +129,21 @@ def test_paper_table_name_is_checked_before_anything_is_written(runs, tmp_path):
     lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "--paper-table 'corloc'" in lines[0] and "'pib'" in lines[0]
     assert not out.exists()
+
+
+def test_a_main_dino_resnet_is_placed_in_the_dino_row():
+    """The row comes from the recorded key mapping (the loader took the teacher's backbone), not the file name."""
+    from lastvit_eval.report.pib_table import place
+
+    def record(steps):
+        arch = {"family": "resnet", "name": "resnet50", "width": 2048, "patch_size": 32, "num_prefix_tokens": 0}
+        return {"run": "r", "provenance": {"model": {"name": "checkpoint0100.pth", "family": "resnet", "arch": arch,
+                                                     "key_mapping": steps},
+                                           "pooling": {"name": "gap", "kind": "gap"}, "dataset": {}},
+                "metrics": {"patch_hit.top1": {"value": 70.0}}}
+
+    teacher = place(record(["took checkpoint['teacher'] (default; --checkpoint-key student for the student)",
+                            "took keys under 'backbone.' and stripped it"]))
+    assert (teacher.supervision, teacher.column) == ("dino", "ResNet")
+    plain = place(record([]))
+    assert (plain.supervision, plain.column) == ("label", "ResNet")
