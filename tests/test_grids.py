@@ -19,12 +19,16 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 from typer.testing import CliRunner
 
 from lastvit_eval.app import app
+from lastvit_eval.data.masks import mask_to_crop
 from lastvit_eval.data.transform import TransformSpec
-from lastvit_eval.geometry import patch_targets, resized_size
+from lastvit_eval.geometry import mask_patch_targets, patch_targets, resized_size
 from lastvit_eval.report import plots
 
 # (resize, crop, patch): DINOv2 at 518 / 14, 224 / 14, 384 / 16, 256 / 32, 224 / 8, and a small odd one
 GRIDS = [(592, 518, 14), (256, 224, 14), (438, 384, 16), (292, 256, 32), (256, 224, 8), (80, 70, 14)]
+# every patch size at a non-224 input and at 224: (resize, crop, patch)
+MASK_GRIDS = [*GRIDS, (592, 518, 8), (438, 384, 14), (438, 384, 32), (292, 256, 16), (292, 256, 8), (256, 224, 16),
+              (256, 224, 32)]
 
 
 @st.composite
@@ -72,6 +76,22 @@ def test_patch_targets_on_any_grid(ib, sizes, rule):
     got = patch_targets([box], w, h, resize, crop, patch, rule)
     assert got.shape == ((crop // patch) ** 2,)
     np.testing.assert_array_equal(got, expect)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ib=image_and_box(), sizes=st.sampled_from(MASK_GRIDS), rule=st.sampled_from(["any", "majority"]))
+def test_rectangular_mask_gives_the_box_targets_on_any_grid(ib, sizes, rule):
+    """The mask path (mask_to_crop: nearest-exact resize + centre crop, then mask_patch_targets) and the box
+    path (patch_targets) give the brute-force pixel answer for the same rectangle, on every grid."""
+    w, h, box = ib
+    resize, crop, patch = sizes
+    mask = np.zeros((h, w), dtype=bool)
+    mask[box[1]:box[3], box[0]:box[2]] = True
+    expect = brute_force_patches(box, w, h, resize, crop, patch, rule)
+    in_crop = mask_to_crop(mask, resize, crop)
+    assert in_crop.shape == (crop, crop)
+    np.testing.assert_array_equal(mask_patch_targets(in_crop, patch, rule), expect)
+    np.testing.assert_array_equal(patch_targets([box], w, h, resize, crop, patch, rule), expect)
 
 
 @settings(max_examples=120, deadline=None)

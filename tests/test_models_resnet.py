@@ -183,3 +183,65 @@ def test_cli_refuses_cls_and_map_on_resnet_before_any_forward(imagenet_root, rn5
     lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "resnet50" in lines[0] and "use -p gap or -p last" in lines[0], r.output
     assert forwarded == []
+
+
+def test_cli_knn_and_linear_probe_on_a_resnet(imagenet_root, tmp_path):
+    """ResNets through k-NN and the linear probe with GAP: metrics carry units, and k-NN equals a brute-force
+    cosine k-NN (DINO weights exp(sim / 0.07)) on GAP features from torchvision's own forward (avgpool)."""
+    import numpy as np
+    import pandas as pd
+    from conftest import write_jpeg
+    from PIL import Image
+
+    from lastvit_eval.data.transform import TransformSpec
+
+    wnids = sorted(p.name for p in (imagenet_root / "val").iterdir())
+    for n, wnid in enumerate(wnids):
+        for i in range(6):
+            write_jpeg(imagenet_root / "train" / wnid / f"tr_{wnid}_{i}.JPEG", (40 + 5 * i, 36), seed=100 * n + i)
+    ref = _perturbed(resnet18(weights=None), 3)
+    path = tmp_path / "rn18.pth"
+    torch.save(ref.state_dict(), path)
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["run", "-e", "knn,linear-probe", "-p", "gap", "-c", str(path), "-r", str(imagenet_root),
+                            "--ks", "1,3,10", "--weight-decays", "1e-2,1e-4", "--holdout-fraction", "0.34", "-o",
+                            str(out), "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output + (r.stderr or "")
+    rec = json.loads((out / "gap" / "metrics.json").read_text())
+    m = rec["metrics"]
+    assert rec["provenance"]["model"]["family"] == "resnet" and rec["provenance"]["pooling"]["kind"] == "gap"
+    for key in ("knn.k1.top1", "knn.k3.top5", "knn.k10.top1", "linear_probe.top1", "linear_probe.top5"):
+        assert (m[key]["unit"], m[key]["direction"], m[key]["n"]) == ("percent", "higher", 8), key
+        lo, v, hi = m[key]["ci_low"], m[key]["value"], m[key]["ci_high"]
+        assert 0 <= lo <= v + 1e-9 and v <= hi + 1e-9 and hi <= 100 + 1e-9, (key, lo, v, hi)  # Wilson at 100%
+    assert rec["info"]["knn"]["dim"] == 512 and rec["info"]["knn"]["n_train"] == 6 * len(wnids)
+    probe = rec["info"]["linear-probe"]
+    assert [s["weight_decay"] for s in probe["selection"]] == [1e-2, 1e-4] and probe["chosen_weight_decay"] in (1e-2, 1e-4)
+
+    spec = TransformSpec(**{k: v for k, v in rec["provenance"]["transform"].items() if k != "backend"})
+    assert (spec.resize, spec.crop, spec.interpolation) == (256, 224, "bilinear")  # torchvision's ResNet recipe
+
+    def gap_features(split):
+        files = sorted((imagenet_root / split).rglob("*.JPEG"))
+        x = spec.normalize(torch.stack([spec.pixels(Image.open(f).convert("RGB")) for f in files]))
+        seen = {}
+        h = ref.avgpool.register_forward_hook(lambda mod, i, o: seen.setdefault("gap", o.flatten(1)))
+        with torch.no_grad():
+            ref(x)
+        h.remove()
+        feats = torch.nn.functional.normalize(seen["gap"].double(), dim=1).numpy()
+        return feats, np.array([wnids.index(f.parent.name) for f in files]), [f.stem for f in files]
+
+    ftr, ytr, _ = gap_features("train")
+    fte, yte, ids = gap_features("val")
+    sims = fte @ ftr.T
+    rows = pd.read_csv(out / "gap" / "knn_rows.csv").set_index("image_id").loc[ids]
+    for k in (1, 3, 10):
+        nb = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        votes = np.zeros((len(ids), len(wnids)))
+        for i in range(len(ids)):
+            for j in nb[i]:
+                votes[i, ytr[j]] += np.exp(sims[i, j] / 0.07)
+        pred = votes.argmax(1)
+        np.testing.assert_array_equal(rows[f"k{k}.pred"].to_numpy(), pred)
+        assert m[f"knn.k{k}.top1"]["value"] == pytest.approx(100 * np.mean(pred == yte)), k

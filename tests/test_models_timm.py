@@ -91,20 +91,32 @@ def test_pretrained_cfg_file_and_image_size(tmp_path):
 
 def test_missing_or_wrong_arch_names_the_fits(tmp_path, deit):
     path = tmp_path / "deit.pth"
-    torch.save(deit.state_dict(), path)
+    sd = deit.state_dict()
+    torch.save(sd, path)
+    # the shapes the messages must name, read from the file's own tensors (not from the loader)
+    shapes = (f"patch_embed.proj.weight {tuple(sd['patch_embed.proj.weight'].shape)}, "
+              f"pos_embed {tuple(sd['pos_embed'].shape)}, depth {len(deit.blocks)}")
+    assert shapes == "patch_embed.proj.weight (192, 3, 16, 16), pos_embed (1, 18, 192), depth 12"
     with pytest.raises(InputError, match=r"patch_embed.proj.weight \(192, 3, 16, 16\).*depth 12.* pass --arch "
                                          r"NAME \(timm names that fit: deit_tiny_distilled_patch16_224\)") as e:
         load_model(path)
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and f"the tensors ({shapes})" in str(e.value)
     with pytest.raises(InputError, match=r"--arch 'deit_small_distilled_patch16_224' does not fit .*"
-                                         r"deit_tiny_distilled_patch16_224"):
+                                         r"deit_tiny_distilled_patch16_224") as e:
         load_model(path, LoadOptions(arch="deit_small_distilled_patch16_224"))
+    small = timm.create_model("deit_small_distilled_patch16_224", pretrained=False).cls_token.shape
+    msg = str(e.value)
+    assert "\n" not in msg and f"does not fit the tensors ({shapes};" in msg
+    # the first tensor that differs, with the file's shape and the one the named architecture expects
+    assert (f"'cls_token' has shape {tuple(sd['cls_token'].shape)}" in msg and f"expects {tuple(small)}" in msg
+            and tuple(small) == (1, 1, 384)), msg
     with pytest.raises(InputError, match=r"'resnet18' builds a timm ResNet, not a VisionTransformer"):
         load_model(path, LoadOptions(arch="resnet18"))
     with pytest.raises(InputError, match=r"'vit_nonesuch' is not a timm model; timm names that fit"):
         load_model(path, LoadOptions(arch="vit_nonesuch"))
-    with pytest.raises(InputError, match=r"--num-heads 4 contradicts timm's config"):
+    with pytest.raises(InputError, match=r"--num-heads 4 contradicts timm's config") as e:
         load_model(path, LoadOptions(arch="deit_tiny_distilled_patch16_224", num_heads=4))
+    assert "3 heads of width 64" in str(e.value) and shapes in str(e.value), str(e.value)
     with pytest.raises(InputError, match=r"--arch .* does not apply to --family dino"):
         load_model(path, LoadOptions(arch="deit_tiny_distilled_patch16_224", family="dino"))
 

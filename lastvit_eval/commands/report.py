@@ -31,6 +31,12 @@ def report(
         None, "--reference", metavar="paper|FILE",
         help="Put published numbers beside measured ones (reference.csv / reference.md): 'paper' for the "
              "LaSt-ViT paper's table shipped with the package, or a CSV with the same columns."),
+    paper_table: str | None = typer.Option(
+        None, "--paper-table", metavar="pib",
+        help="pib: the paper's point-in-box table (pib_table.csv / pib_table.md): patch_hit.top1 of the runs "
+             "as supervision x Baseline / + Register / LAST / ResNet, each cell beside the published number. "
+             "The cell comes from what each run recorded (model family, registers, CNN, pooling); a run that "
+             "fits no cell, or shares one, is listed as not placed."),
 ) -> None:
     """Aggregate runs into one table; with --baseline, fail (exit 1) when a metric regressed or vanished.
 
@@ -51,6 +57,10 @@ def report(
         from ..report.reference import load_reference
 
         ref_table = load_reference(reference)  # a bad --reference fails before anything is read or written
+    if paper_table is not None and paper_table != "pib":
+        from ..errors import InputError
+
+        raise InputError(f"--paper-table {paper_table!r}: the paper table this report can make is 'pib'")
     long, records = agg.aggregate_records(runs)
     console = make_console()
     if metrics:
@@ -67,6 +77,14 @@ def report(
         ref_paths = write_reference(matched, output)
         print_reference(matched, console)
         console.print(f"wrote {ref_paths['csv']}, {ref_paths['md']}", soft_wrap=True, markup=False)
+    if paper_table is not None:
+        from ..report.console import print_pib_table
+        from ..report.pib_table import pib_table, write_pib_table
+
+        table = pib_table(list(records.values()))
+        pib_paths = write_pib_table(table, output)
+        print_pib_table(table, console)
+        console.print(f"wrote {pib_paths['csv']}, {pib_paths['md']}", soft_wrap=True, markup=False)
     if baseline is None:
         return
     result = gt.compare_to_baseline(long, gt.read_baseline(baseline), tolerances)

@@ -175,6 +175,15 @@ def print_reference(matched: pd.DataFrame, console: Console) -> None:
     print_frame(display(matched), title=f"{len(matched)} value(s) beside the published ones", console=console)
 
 
+def print_pib_table(table, console: Console) -> None:
+    """`report --paper-table pib`: the pivot, its numbered notes, then the runs that have no cell."""
+    print_frame(table.display(), title="point-in-box top-1 (%): measured [95% CI] (paper)", console=console)
+    for line in table.note_lines():
+        console.print(f"note {escape(line)}", soft_wrap=True)
+    for line in table.unplaced_lines():
+        console.print(f"not placed: {escape(line)}", soft_wrap=True)
+
+
 def print_gate(report, console: Console, gate_md) -> None:
     """Rows that did not pass first (the full table is in gate.md), notes, then the one-line summary."""
     from .gate import PASS, STATUSES

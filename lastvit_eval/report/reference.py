@@ -5,7 +5,7 @@ dataset[, CorLoc method]) with the baseline and the LaSt value. A measured row i
 `metrics.json` records, never on file names:
 
 * supervision from the model family (torchvision: label, DINO / DINOv2: dino, OpenCLIP: clip; timm and
-  ResNet names say `dino` / `clip` / neither);
+  ResNet names say `dino` / `clip` / neither; a ResNet loaded from a main_dino checkpoint is dino);
 * architecture from the recorded shapes: `ViT-<size>/<patch>` by width, `+reg` when it has registers,
   `ResNet-<depth>`;
 * dataset from the recorded data source: ImageNet-1k val only for a 1000-class ImageNet-style split (a
@@ -75,6 +75,10 @@ def supervision(model: dict) -> str:
     text += " " + str((model.get("arch") or {}).get("config") or "").lower()
     if family == "torchvision" and "resnet" not in text:
         return "label"
+    steps = " ".join(str(s) for s in model.get("key_mapping") or [])
+    if family == "resnet" and ("checkpoint['teacher']" in steps or "checkpoint['student']" in steps
+                               or "under 'backbone.'" in steps):
+        return "dino"  # a main_dino ResNet: the loader took its teacher / student backbone
     if family in ("dino", "dinov2"):
         return "dino"
     if family == "openclip":
