@@ -118,12 +118,13 @@ class TimmTowerBackbone(Backbone):
         return Pooled(token=self.clip.visual.trunk.attn_pool(tokens).float())
 
     def blocks(self) -> list[torch.nn.Module]:
-        """A plain timm ViT trunk (SigLIP) only: EVA's rotary embeddings act inside attention, so keys
-        recomputed from its qkv projection would be wrong; it has no observable blocks here."""
+        """A timm ViT (SigLIP) or Eva (EVA-CLIP) trunk's blocks; `engine/internals` reads keys only from the
+        attention modules it recomputes exactly (EVA's rotary embeddings and q / v biases included)."""
+        from timm.models.eva import Eva
         from timm.models.vision_transformer import VisionTransformer
 
         trunk = self.clip.visual.trunk
-        return list(trunk.blocks) if type(trunk) is VisionTransformer else []
+        return list(trunk.blocks) if type(trunk) in (VisionTransformer, Eva) else []
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         v = self.clip.visual
