@@ -180,6 +180,9 @@ def test_siglip_map_head_and_gap_match_open_clip(tmp_path):
     assert (out["pooled/map"] - seen["map"]).abs().max() < 1e-4
     assert (out["embedding/map"] - emb).abs().max() < 1e-4
     assert (out["pooled/gap"] - seen["tokens"].mean(dim=1)).abs().max() < 1e-4
+    with torch.no_grad():  # patch tokens: every token is a patch (no prefix), the trunk's final norm output
+        tokens = loaded.backbone.tokens(x)
+    assert tokens.shape == (2, 16, 64) and (tokens - seen["tokens"]).abs().max() < 1e-4
     with pytest.raises(InputError, match="needs the 'timm/ViT-B-16-SigLIP' tokenizer"):
         from lastvit_eval.plan import _text_plan
 
@@ -209,10 +212,17 @@ def test_eva_clip_class_token_matches_open_clip_and_has_no_map(tmp_path):
                                                                             1, 192)
     assert not loaded.backbone.has_map_head
     x = torch.randn(1, 3, 224, 224)
+    seen = {}
+    h = ref.visual.trunk.norm.register_forward_hook(lambda m, i, o: seen.setdefault("tokens", o))
     with torch.no_grad():
         emb = ref.encode_image(x)
-    out = _taps(loaded, x, "cls")
+        tokens = loaded.backbone.tokens(x)
+    h.remove()
+    out = _taps(loaded, x, "cls", "gap")
     assert (out["embedding/cls"] - emb).abs().max() < 1e-4
+    # patch tokens and GAP: EVA's own final norm output during encode_image, class token skipped
+    assert tokens.shape == (1, 1 + 256, 192) and (tokens - seen["tokens"]).abs().max() < 1e-4
+    assert (out["pooled/gap"] - seen["tokens"][:, 1:].mean(dim=1)).abs().max() < 1e-4
 
 
 def test_timm_tower_without_config_is_one_clear_error(tmp_path):
@@ -241,9 +251,18 @@ def test_vit_l_14_inferred_from_tensors(tmp_path):
     a = loaded.arch
     assert (a.name, a.width, a.depth, a.heads, a.heads_source, a.patch_size, a.grid) == (
         "ViT-L-14", 1024, 2, 16, "checkpoint config", 14, (2, 2))
-    x = torch.randn(1, 3, 28, 28)
+    x = torch.randn(2, 3, 28, 28)
+    seen = {}
+    h = ref.visual.ln_post.register_forward_hook(lambda m, i, o: seen.setdefault("tokens", o))
     with torch.no_grad():
-        assert (_taps(loaded, x, "cls")["embedding/cls"] - ref.encode_image(x)).abs().max() < 1e-4
+        emb = ref.encode_image(x)
+        tokens = loaded.backbone.tokens(x)
+    h.remove()
+    out = _taps(loaded, x, "cls", "gap")
+    assert (out["embedding/cls"] - emb).abs().max() < 1e-4
+    # patch tokens and GAP: open_clip's ln_post output in its own forward, class token skipped
+    assert tokens.shape == (2, 1 + 4, 1024) and (tokens - seen["tokens"]).abs().max() < 1e-4
+    assert (out["pooled/gap"] - seen["tokens"][:, 1:].mean(dim=1)).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("name", ["openclip:RN50/openai", "openclip:ViT-L-14/openai",
