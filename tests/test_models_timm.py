@@ -286,3 +286,41 @@ def test_mae_fine_tuned_avg_pool_and_fc_norm(tmp_path):
     with torch.no_grad():
         assert (ref.fc_norm(gap) - ref.forward_head(ref.forward_features(x), pre_logits=True)).abs().max() < 1e-4
         assert (loaded.backbone.head(gap) - ref(x)).abs().max() < 1e-4
+
+
+# --- attention-pool head (global_pool='map') ---------------------------------------------------------------------
+
+def test_map_head_is_timms_own_attention_pool(tmp_path):
+    """A timm ViT with `attn_pool` (class token kept out of it, as timm's pool does): `map` is forward_head's
+    pre-logits and head(map) the model's own logits; a model without one has no map head."""
+    from lastvit_eval.engine.taps import TapRequest, forward_taps
+    from lastvit_eval.plan import _check_poolings
+
+    torch.manual_seed(16)
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=64, global_pool="map")
+    with torch.no_grad():
+        for k, p in ref.named_parameters():
+            if any(w in k for w in ("norm", "head", "token", "attn_pool")):
+                p.add_(torch.randn_like(p) * 0.3)
+    ref.eval()
+    path = tmp_path / "map.pth"
+    torch.save({"state_dict": ref.state_dict(), "arch": "vit_tiny_patch16_224"}, path)
+    loaded = load_model(path)
+    assert loaded.has_map_head and any("global_pool='map'" in s for s in loaded.keys.steps)
+    x, _ = _check_against(loaded, ref, 64)
+    req = TapRequest((PoolingSpec("map"),), frozenset({"pooled", "logits", "patch_scores"}))
+    with torch.no_grad():
+        out = forward_taps(loaded, x, req, "fp32")
+        want = ref.forward_head(ref.forward_features(x), pre_logits=True)
+        assert (out["pooled/map"] - want).abs().max() < 1e-4
+        assert (loaded.backbone.head(out["pooled/map"]) - ref(x)).abs().max() < 1e-4
+        # the class token does not enter timm's attention pool: pooling every token would differ
+        assert (ref.attn_pool(ref.forward_features(x)) - want).abs().max() > 1e-3
+    _check_poolings([PoolingSpec("map")], loaded, None)
+    plain = tmp_path / "plain.pth"
+    torch.save({"state_dict": timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0,
+                                                img_size=64).state_dict(), "arch": "vit_tiny_patch16_224"}, plain)
+    other = load_model(plain)
+    assert not other.has_map_head and other.backbone.map_pool(torch.zeros(1, 17, 192)) is None
+    with pytest.raises(InputError, match="has no attention-pool head"):
+        _check_poolings([PoolingSpec("map")], other, None)

@@ -115,7 +115,9 @@ class TimmTowerBackbone(Backbone):
     def map_pool(self, tokens: torch.Tensor) -> Pooled | None:
         if not self.has_map_head:
             return None
-        return Pooled(token=self.clip.visual.trunk.attn_pool(tokens).float())
+        from .dino_vit import timm_attn_pool
+
+        return Pooled(token=timm_attn_pool(self.clip.visual.trunk, tokens).float())
 
     def blocks(self) -> list[torch.nn.Module]:
         """A timm ViT (SigLIP) or Eva (EVA-CLIP) trunk's blocks; `engine/internals` reads keys only from the

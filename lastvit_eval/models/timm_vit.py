@@ -45,9 +45,9 @@ from .resolution import check_image_size, timm_set_size
 FAMILY = "timm"
 PATTERNS = ("vit_*", "deit*", "eva*")
 # Keys only timm-built models have (a DINO-style VisionTransformer cannot hold them): distillation token,
-# fc_norm without a final norm (avg pooling), EVA's split q/v biases, SwiGLU and rotary tensors.
+# fc_norm without a final norm (avg pooling), EVA's split q/v biases, SwiGLU and rotary tensors, an attention-pool head.
 TIMM_ONLY = ("dist_token", "head_dist.weight", "blocks.0.attn.q_bias", "blocks.0.mlp.fc1_g.weight",
-             "blocks.0.attn.q_proj.weight")
+             "blocks.0.attn.q_proj.weight", "attn_pool.latent")
 
 
 def mae_pos_embed(dim: int, grid: int) -> torch.Tensor:
@@ -141,7 +141,10 @@ def detect(raw) -> bool:
 
 
 def _layout_kw(sd: dict) -> dict:
-    """`fc_norm` without `norm` (MAE / BEiT fine-tuned, EVA02): timm's global_pool='avg' builds that layout."""
+    """The pooling layout the tensors fix: `attn_pool.*` (an attention-pool head) is timm's global_pool='map';
+    `fc_norm` without `norm` (MAE / BEiT fine-tuned, EVA02) is global_pool='avg'."""
+    if any(k.startswith("attn_pool.") for k in sd):
+        return {"global_pool": "map"}
     return {"global_pool": "avg"} if "fc_norm.weight" in sd and "norm.weight" not in sd else {}
 
 
@@ -268,11 +271,12 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None) -> LoadedModel
     native = _grid_size(probe, sd)
     kw = {"img_size": native} if native and native != probe.patch_embed.img_size[0] else {}
     model = _create(name, sd, meta=False, **kw)
-    layout = _layout_kw(sd)
+    pool = _layout_kw(sd).get("global_pool")
     report.steps.append(f"timm.create_model({name!r}, pretrained=False, num_classes={_num_classes(sd)}"
                         + (f", img_size={native}" if kw else "")
-                        + (", global_pool='avg'" if layout else "") + f") ({where})"
-                        + (" (fc_norm without norm: the avg-pooling layout)" if layout else ""))
+                        + (f", global_pool={pool!r}" if pool else "") + f") ({where})"
+                        + {"avg": " (fc_norm without norm: the avg-pooling layout)",
+                           "map": " (attn_pool.* in the file: the attention-pool head)", None: ""}[pool])
     blk = model.blocks[0]
     heads = int(blk.attn.num_heads)
     width = int(model.embed_dim)
