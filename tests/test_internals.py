@@ -161,3 +161,88 @@ def test_backbone_without_blocks_is_refused():
 
     with pytest.raises(InputError, match="no transformer blocks"):
         traced_tokens(bb, torch.randn(1, 3, 32, 32), frozenset({"keys"}))
+
+
+def _eva_reference(m, x):
+    """EVA02's own last attention: the probabilities (fused path off, captured at `attn_drop`) and its output."""
+    attn = m.blocks[-1].attn
+    attn.fused_attn = False
+    seen = {}
+    h1 = attn.attn_drop.register_forward_hook(lambda _m, _a, out: seen.__setitem__("p", out))
+    h2 = attn.register_forward_hook(lambda _m, _a, out: seen.__setitem__("out", out))
+    try:
+        final = m.forward_features(x)
+    finally:
+        h1.remove()
+        h2.remove()
+        attn.fused_attn = True
+    return final, seen["p"], seen["out"]
+
+
+def test_eva02_keys_values_and_cls_attention_match_evas_own_attention():
+    """EVA02 (rotary embeddings, q / v biases, k bias zero): CLS attention is EVA's own row, and the values
+    rebuild EVA's own attention output; keys from `attn.qkv` alone (the old recomputation) would be far off."""
+    import timm
+
+    from lastvit_eval.engine.internals import attention_qkv
+
+    torch.manual_seed(8)
+    m = timm.create_model("eva02_tiny_patch14_224", pretrained=False, num_classes=0, img_size=56).eval()
+    with torch.no_grad():
+        for k, p in m.named_parameters():
+            if k.endswith(("q_bias", "v_bias")) or "norm" in k or "token" in k:
+                p.add_(torch.randn_like(p) * 0.3)
+    bb = TimmBackbone(m)
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        tokens, got = traced_tokens(bb, x, ALL)
+        final, probs, attn_out = _eva_reference(m, x)
+    assert torch.equal(tokens, bb.tokens(x))
+    assert (tokens - final).abs().max() < TOL
+    assert (got["cls_attn"] - probs[:, :, 0]).abs().max() < 1e-5
+    attn = m.blocks[-1].attn
+    b, n, d = got["values"].shape
+    v = got["values"].reshape(b, n, attn.num_heads, -1).transpose(1, 2)
+    with torch.no_grad():
+        rebuilt = attn.proj(attn.norm((probs @ v).transpose(1, 2).reshape(b, n, d)))
+    assert (rebuilt - attn_out).abs().max() < 1e-4
+    # every row of EVA's attention from our queries and keys, not only the CLS row
+    seen = {}
+    h = attn.register_forward_pre_hook(lambda _m, a, kw: seen.update(h=a[0], rope=kw.get("rope")), with_kwargs=True)
+    with torch.no_grad():
+        m.forward_features(x)
+        h.remove()
+        q, k, _, scale = attention_qkv(attn, seen["h"], seen["rope"])
+        assert torch.equal(k.transpose(1, 2).reshape(b, n, d), got["keys"])
+        assert ((q @ k.transpose(-2, -1) * scale).softmax(-1) - probs).abs().max() < 1e-5
+        # the plain-qkv recomputation this replaces: no q / v bias, no rotary embedding
+        qp, kp, _ = attn.qkv(seen["h"]).reshape(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        wrong = (qp[:, :, :1] @ kp.transpose(-2, -1) * scale).softmax(-1)[:, :, 0]
+    assert (wrong - probs[:, :, 0]).abs().max() > 1e-3
+
+
+def test_unknown_attention_is_refused_at_plan_time(tmp_path):
+    """An attention module that is not one of the exactly-recomputed kinds: keys / CLS attention refused in one
+    line before any forward; block norms (block outputs only) stay available."""
+    from types import SimpleNamespace
+
+    from timm.layers import Attention
+
+    from lastvit_eval.errors import InputError
+    from lastvit_eval.models import load_model
+    from lastvit_eval.plan import _check_internal_taps
+
+    class ShiftedAttention(Attention):  # e.g. a library's subclass adding its own bias or rotary embedding
+        pass
+
+    path = tmp_path / "dino.pth"
+    torch.save(tiny_timm(seed=9).state_dict(), path)
+    loaded = load_model(path)
+    loaded.backbone.model.blocks[-1].attn.__class__ = ShiftedAttention
+    lost = SimpleNamespace(name="corloc", taps=frozenset({"keys", "cls_attn"}))
+    with pytest.raises(InputError, match=r"^corloc: needs cls_attn, keys of the last block, and dino.pth .* has a "
+                                         r".*ShiftedAttention attention, whose queries and keys are not recomputed"):
+        _check_internal_taps([lost], loaded)
+    _check_internal_taps([SimpleNamespace(name="artifacts", taps=frozenset({"block_norms"}))], loaded)
+    with pytest.raises(InputError, match="ShiftedAttention attention"):
+        traced_tokens(loaded.backbone, torch.randn(1, 3, 32, 32), frozenset({"keys"}))

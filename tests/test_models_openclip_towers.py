@@ -180,6 +180,9 @@ def test_siglip_map_head_and_gap_match_open_clip(tmp_path):
     assert (out["pooled/map"] - seen["map"]).abs().max() < 1e-4
     assert (out["embedding/map"] - emb).abs().max() < 1e-4
     assert (out["pooled/gap"] - seen["tokens"].mean(dim=1)).abs().max() < 1e-4
+    with torch.no_grad():  # patch tokens: every token is a patch (no prefix), the trunk's final norm output
+        tokens = loaded.backbone.tokens(x)
+    assert tokens.shape == (2, 16, 64) and (tokens - seen["tokens"]).abs().max() < 1e-4
     with pytest.raises(InputError, match="needs the 'timm/ViT-B-16-SigLIP' tokenizer"):
         from lastvit_eval.plan import _text_plan
 
@@ -209,10 +212,17 @@ def test_eva_clip_class_token_matches_open_clip_and_has_no_map(tmp_path):
                                                                             1, 192)
     assert not loaded.backbone.has_map_head
     x = torch.randn(1, 3, 224, 224)
+    seen = {}
+    h = ref.visual.trunk.norm.register_forward_hook(lambda m, i, o: seen.setdefault("tokens", o))
     with torch.no_grad():
         emb = ref.encode_image(x)
-    out = _taps(loaded, x, "cls")
+        tokens = loaded.backbone.tokens(x)
+    h.remove()
+    out = _taps(loaded, x, "cls", "gap")
     assert (out["embedding/cls"] - emb).abs().max() < 1e-4
+    # patch tokens and GAP: EVA's own final norm output during encode_image, class token skipped
+    assert tokens.shape == (1, 1 + 256, 192) and (tokens - seen["tokens"]).abs().max() < 1e-4
+    assert (out["pooled/gap"] - seen["tokens"][:, 1:].mean(dim=1)).abs().max() < 1e-4
 
 
 def test_timm_tower_without_config_is_one_clear_error(tmp_path):
@@ -241,9 +251,18 @@ def test_vit_l_14_inferred_from_tensors(tmp_path):
     a = loaded.arch
     assert (a.name, a.width, a.depth, a.heads, a.heads_source, a.patch_size, a.grid) == (
         "ViT-L-14", 1024, 2, 16, "checkpoint config", 14, (2, 2))
-    x = torch.randn(1, 3, 28, 28)
+    x = torch.randn(2, 3, 28, 28)
+    seen = {}
+    h = ref.visual.ln_post.register_forward_hook(lambda m, i, o: seen.setdefault("tokens", o))
     with torch.no_grad():
-        assert (_taps(loaded, x, "cls")["embedding/cls"] - ref.encode_image(x)).abs().max() < 1e-4
+        emb = ref.encode_image(x)
+        tokens = loaded.backbone.tokens(x)
+    h.remove()
+    out = _taps(loaded, x, "cls", "gap")
+    assert (out["embedding/cls"] - emb).abs().max() < 1e-4
+    # patch tokens and GAP: open_clip's ln_post output in its own forward, class token skipped
+    assert tokens.shape == (2, 1 + 4, 1024) and (tokens - seen["tokens"]).abs().max() < 1e-4
+    assert (out["pooled/gap"] - seen["tokens"][:, 1:].mean(dim=1)).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("name", ["openclip:RN50/openai", "openclip:ViT-L-14/openai",
@@ -298,3 +317,80 @@ def test_cli_extract_defaults_follow_the_model(rn_clip_file, imagenet_root, tmp_
                             "0", "--no-progress"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert {k.split("/", 1)[1] for k in load_features(out).arrays if "/" in k} == {"gap", "last-k1", "map"}
+
+
+# --- --image-size on the towers ----------------------------------------------------------------------------------
+
+def test_resnet_clip_refuses_image_size_before_any_forward(rn_clip_file, imagenet_root, tmp_path, forwarded):
+    """open_clip's attnpool has fixed position embeddings and no resampling: another size is refused, one line."""
+    _, path = rn_clip_file
+    assert load_model(path, LoadOptions(image_size=64)).arch.image_size == 64  # the native size is no change
+    with pytest.raises(InputError, match=r"RN50.pt: --image-size 96 does not apply to a CLIP ResNet .*64 px only"):
+        load_model(path, LoadOptions(image_size=96))
+    r = runner.invoke(app, ["run", "-e", "patch-hit", "-p", "map", "-c", str(path), "--image-size", "96", "-r",
+                            str(imagenet_root), "-o", str(tmp_path / "o"), "--workers", "0", "--no-progress"])
+    assert r.exit_code == 2
+    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and "--image-size 96" in lines[0], r.output
+    assert forwarded == []
+
+
+def _trunk_at(trunk, size: int, **kw):
+    """The reference: timm's model built at `size`, loaded through timm's own checkpoint filter (pos_embed resampled
+    by timm's resample_abs_pos_embed, EVA's rope built for the new grid)."""
+    import timm
+
+    if isinstance(trunk, VisionTransformer):
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        big = VisionTransformer(img_size=size, **kw).eval()
+    else:
+        from timm.models.eva import checkpoint_filter_fn
+
+        big = timm.create_model("eva02_tiny_patch14_224", pretrained=False, num_classes=trunk.num_classes,
+                                global_pool=trunk.global_pool, img_size=size).eval()
+    big.load_state_dict(checkpoint_filter_fn(trunk.state_dict(), big))
+    return big
+
+
+def test_siglip_image_size_matches_timm_at_that_size(tmp_path):
+    torch.manual_seed(6)
+    ref = _perturb(CustomTextCLIP(**{k: v for k, v in SIGLIP_CFG.items() if k != "custom_text"}), 6)
+    _save_hf(ref, SIGLIP_CFG, tmp_path / "siglip")
+    loaded = load_model(tmp_path / "siglip" / "open_clip_model.safetensors", LoadOptions(image_size=48))
+    a, t = loaded.arch, loaded.transform
+    assert (a.image_size, a.grid, a.native_image_size, t.crop, t.resize) == (48, (6, 6), 32, 48, 48)
+    big = _trunk_at(ref.visual.trunk, 48, patch_size=8, embed_dim=64, depth=2, num_heads=2, class_token=False,
+                    global_pool="map", num_classes=0)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        want = big.forward_features(x)
+        tokens = loaded.backbone.tokens(x)
+        ref.visual.trunk = big
+        emb = ref.encode_image(x)
+    assert tokens.shape == (2, 36, 64) and (tokens - want).abs().max() < 1e-4
+    out = _taps(loaded, x, "map", "gap")
+    assert (out["pooled/gap"] - want.mean(dim=1)).abs().max() < 1e-4
+    assert (out["embedding/map"] - emb).abs().max() < 1e-4
+    with pytest.raises(InputError, match=r"--image-size 50 is not a positive multiple of the patch size 8"):
+        load_model(tmp_path / "siglip" / "open_clip_model.safetensors", LoadOptions(image_size=50))
+
+
+def test_eva_clip_image_size_matches_timm_at_that_size(tmp_path):
+    """EVA's rotary embeddings follow the new grid (timm set_input_size), checked against EVA built at 112 px."""
+    torch.manual_seed(7)
+    ref = _perturb(CustomTextCLIP(**{k: v for k, v in EVA_CFG.items() if k != "custom_text"}), 7)
+    _save_hf(ref, EVA_CFG, tmp_path / "eva")
+    loaded = load_model(tmp_path / "eva" / "open_clip_model.safetensors", LoadOptions(image_size=112))
+    assert (loaded.arch.image_size, loaded.arch.grid, loaded.arch.native_image_size) == (112, (8, 8), 224)
+    big = _trunk_at(ref.visual.trunk, 112)
+    x = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        want = big.forward_features(x)
+        ref.visual.trunk = big
+        emb = ref.encode_image(x)
+        tokens = loaded.backbone.tokens(x)
+    assert (tokens - want).abs().max() < 1e-4
+    out = _taps(loaded, x, "cls", "gap")
+    assert (out["embedding/cls"] - emb).abs().max() < 1e-4
+    assert (out["pooled/gap"] - want[:, 1:].mean(dim=1)).abs().max() < 1e-4

@@ -245,3 +245,56 @@ def test_cli_knn_and_linear_probe_on_a_resnet(imagenet_root, tmp_path):
         pred = votes.argmax(1)
         np.testing.assert_array_equal(rows[f"k{k}.pred"].to_numpy(), pred)
         assert m[f"knn.k{k}.top1"]["value"] == pytest.approx(100 * np.mean(pred == yte)), k
+
+
+def test_image_size_is_applied_as_torchvision_runs_it(tmp_path):
+    """--image-size 96 on a ResNet: torchvision's own forward at 96 px (adaptive avgpool), a 3x3 grid, the transform
+    scaled with its 256/224 ratio; a size that 32-pixel cells do not tile is one clear error."""
+    ref = rn50(seed=9)
+    torch.save(ref.state_dict(), tmp_path / "rn50.pth")
+    loaded = load_model(tmp_path / "rn50.pth", LoadOptions(image_size=96))
+    a, t = loaded.arch, loaded.transform
+    assert (a.image_size, a.grid, a.native_image_size, t.crop, t.resize) == (96, (3, 3), None, 96, 96 * 256 // 224)
+    _check(loaded, ref, size=96)
+    with pytest.raises(InputError, match=r"rn50.pth: --image-size 100 is not a positive multiple of the patch size 32"):
+        load_model(tmp_path / "rn50.pth", LoadOptions(image_size=100))
+
+
+def test_hub_resnet_image_size_scales_the_weights_transform(tmp_path, monkeypatch):
+    for var in ("TORCH_HOME", "HF_HOME", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.setenv(var, str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from torchvision.models import ResNet18_Weights
+
+    ckpt = tmp_path / "home" / "hub" / "checkpoints" / ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1]
+    ckpt.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    ref = _perturbed(resnet18(weights=None), 0)
+    torch.save(ref.state_dict(), ckpt)
+    loaded = load_model("torchvision:resnet18", LoadOptions(image_size=128))
+    t = loaded.transform  # IMAGENET1K_V1: resize 256, crop 224, bilinear
+    assert (loaded.arch.image_size, loaded.arch.grid, t.crop, t.resize) == (128, (4, 4), 128, 128 * 256 // 224)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        tokens = loaded.backbone.tokens(x)
+        assert tokens.shape == (1, 16, 512)
+        gap = pool(tokens, 0, PoolingSpec("gap")).token
+        assert (loaded.backbone.head(gap) - ref(x)).abs().max() < 1e-4
+
+
+def test_main_dino_provenance_is_recorded_and_read_by_the_report(tmp_path_factory):
+    """A main_dino ResNet is 'dino' in the report whatever its file is called; a supervised one stays 'label'."""
+    from lastvit_eval.report.reference import supervision
+
+    tmp_path = tmp_path_factory.mktemp("rn")  # tmp_path would carry this test's name, and 'dino' with it
+    assert "dino" not in str(tmp_path).lower()
+    teacher = rn50(seed=10, fc=False)
+    torch.save({"teacher": {"backbone." + k: v for k, v in teacher.state_dict().items()}, "epoch": 1},
+               tmp_path / "checkpoint0100.pth")
+    loaded = load_model(tmp_path / "checkpoint0100.pth")
+    assert "training: DINO self-supervised (main_dino)" in loaded.arch.config
+    assert supervision(json.loads(json.dumps(loaded.provenance()))) == "dino"
+    torch.save(rn50(seed=11).state_dict(), tmp_path / "checkpoint0101.pth")
+    plain = load_model(tmp_path / "checkpoint0101.pth")
+    assert "DINO" not in plain.arch.config
+    assert supervision(json.loads(json.dumps(plain.provenance()))) == "label"

@@ -199,3 +199,140 @@ def test_arch_through_the_cli(tmp_path, deit):
     assert r.exit_code == 0, r.output
     info = json.loads(r.stdout)
     assert info["family"] == "timm" and info["arch"]["num_prefix_tokens"] == 2 and info["details"]["head"] == "head"
+
+
+# --- MAE (facebookresearch/mae) ----------------------------------------------------------------------------------
+
+def mae_sincos(embed_dim: int, grid_size: int) -> torch.Tensor:
+    """MAE's util/pos_embed.py get_2d_sincos_pos_embed(embed_dim, grid_size, cls_token=True), transcribed."""
+    import numpy as np
+
+    def one_d(dim, pos):
+        omega = np.arange(dim // 2, dtype=np.float64)
+        omega /= dim / 2.
+        omega = 1. / 10000 ** omega
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    grid_h = np.arange(grid_size, dtype=np.float32)
+    grid_w = np.arange(grid_size, dtype=np.float32)
+    grid = np.stack(np.meshgrid(grid_w, grid_h), axis=0).reshape([2, 1, grid_size, grid_size])
+    emb = np.concatenate([one_d(embed_dim // 2, grid[0]), one_d(embed_dim // 2, grid[1])], axis=1)
+    emb = np.concatenate([np.zeros([1, embed_dim]), emb], axis=0)
+    return torch.from_numpy(emb).float().unsqueeze(0)
+
+
+def mae_encoder(seed: int, fine_tuned: bool = False) -> torch.nn.Module:
+    """MAE's encoder is timm's ViT: fixed sin-cos pos_embed (pre-training); fine-tuned: global_pool avg + fc_norm."""
+    torch.manual_seed(seed)
+    kw = dict(global_pool="avg", num_classes=10) if fine_tuned else dict(num_classes=0)
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, **kw)
+    with torch.no_grad():
+        for k, p in m.named_parameters():
+            if any(w in k for w in ("norm", "head", "token")):
+                p.add_(torch.randn_like(p) * 0.3)
+        m.pos_embed.copy_(mae_sincos(192, 4))
+        if fine_tuned:
+            m.pos_embed.add_(torch.randn_like(m.pos_embed) * 0.02)  # trained on in fine-tuning
+    return m.eval()
+
+
+def mae_decoder(seed: int, dim: int = 32) -> dict:
+    """The keys MaskedAutoencoderViT adds to the encoder: mask_token and the decoder_* modules."""
+    from timm.models.vision_transformer import Block
+
+    torch.manual_seed(seed)
+    block = Block(dim, 2, qkv_bias=True)
+    sd = {"mask_token": torch.randn(1, 1, dim), "decoder_embed.weight": torch.randn(dim, 192),
+          "decoder_embed.bias": torch.randn(dim), "decoder_pos_embed": mae_sincos(dim, 4),
+          "decoder_norm.weight": torch.ones(dim), "decoder_norm.bias": torch.zeros(dim),
+          "decoder_pred.weight": torch.randn(16 * 16 * 3, dim), "decoder_pred.bias": torch.randn(16 * 16 * 3)}
+    sd.update({f"decoder_blocks.0.{k}": v for k, v in block.state_dict().items()})
+    return sd
+
+
+def test_mae_pretrain_checkpoint_is_timm_with_the_decoder_dropped(tmp_path):
+    """{'model': encoder + mask_token + decoder_*}: not DINOv2 (mask_token) nor DINO; decoder keys listed as
+    dropped; tokens, CLS and GAP are timm's own; MAE's evaluation transform."""
+    ref = mae_encoder(seed=11)
+    decoder = mae_decoder(seed=12)
+    path = tmp_path / "checkpoint-799.pth"
+    torch.save({"model": {**ref.state_dict(), **decoder}}, path)
+    with pytest.raises(InputError, match=r"an MAE pretrain checkpoint .* pass --arch NAME \(timm names that fit: "
+                                         r".*vit_tiny_patch16_224") as e:
+        load_model(path)
+    assert "\n" not in str(e.value)
+    loaded = load_model(path, LoadOptions(arch="vit_tiny_patch16_224"))
+    assert loaded.arch.family == "timm" and loaded.keys.format == "MAE pretrain checkpoint {'model': ...}"
+    assert sorted(loaded.keys.dropped) == sorted(decoder)
+    assert loaded.arch.num_classes is None and loaded.arch.num_prefix_tokens == 1
+    _check_against(loaded, ref, 64)
+    t = loaded.transform
+    assert (t.resize, t.crop, t.interpolation, t.mean) == (64 * 256 // 224, 64, "bicubic", (0.485, 0.456, 0.406))
+
+
+def test_mae_released_encoder_is_not_dino(tmp_path):
+    """MAE's released encoder ({'model': encoder}) has DINO's key names; its sin-cos table routes it to timm."""
+    ref = mae_encoder(seed=13)
+    torch.save({"model": ref.state_dict()}, tmp_path / "mae_pretrain_vit_tiny.pth")
+    with pytest.raises(InputError, match=r"an MAE encoder checkpoint .* pass --arch NAME"):
+        load_model(tmp_path / "mae_pretrain_vit_tiny.pth")
+    loaded = load_model(tmp_path / "mae_pretrain_vit_tiny.pth", LoadOptions(arch="vit_tiny_patch16_224"))
+    assert loaded.arch.family == "timm" and loaded.keys.dropped == []
+    _check_against(loaded, ref, 64)
+    # a learned pos_embed (DINO) stays with the DINO adapter
+    dino = mae_encoder(seed=14)
+    with torch.no_grad():
+        dino.pos_embed.add_(torch.randn_like(dino.pos_embed) * 0.02)
+    torch.save(dino.state_dict(), tmp_path / "dino.pth")
+    assert load_model(tmp_path / "dino.pth").arch.family == "dino"
+
+
+def test_mae_fine_tuned_avg_pool_and_fc_norm(tmp_path):
+    """MAE fine-tuned (global_pool avg: fc_norm, no norm): gap is timm's pooled feature and gap + head its logits."""
+    ref = mae_encoder(seed=15, fine_tuned=True)
+    torch.save({"model": ref.state_dict()}, tmp_path / "checkpoint-99.pth")
+    loaded = load_model(tmp_path / "checkpoint-99.pth", LoadOptions(arch="vit_tiny_patch16_224"))
+    assert any("global_pool='avg'" in s for s in loaded.keys.steps)
+    x, gap = _check_against(loaded, ref, 64)
+    with torch.no_grad():
+        assert (ref.fc_norm(gap) - ref.forward_head(ref.forward_features(x), pre_logits=True)).abs().max() < 1e-4
+        assert (loaded.backbone.head(gap) - ref(x)).abs().max() < 1e-4
+
+
+# --- attention-pool head (global_pool='map') ---------------------------------------------------------------------
+
+def test_map_head_is_timms_own_attention_pool(tmp_path):
+    """A timm ViT with `attn_pool` (class token kept out of it, as timm's pool does): `map` is forward_head's
+    pre-logits and head(map) the model's own logits; a model without one has no map head."""
+    from lastvit_eval.engine.taps import TapRequest, forward_taps
+    from lastvit_eval.plan import _check_poolings
+
+    torch.manual_seed(16)
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=64, global_pool="map")
+    with torch.no_grad():
+        for k, p in ref.named_parameters():
+            if any(w in k for w in ("norm", "head", "token", "attn_pool")):
+                p.add_(torch.randn_like(p) * 0.3)
+    ref.eval()
+    path = tmp_path / "map.pth"
+    torch.save({"state_dict": ref.state_dict(), "arch": "vit_tiny_patch16_224"}, path)
+    loaded = load_model(path)
+    assert loaded.has_map_head and any("global_pool='map'" in s for s in loaded.keys.steps)
+    x, _ = _check_against(loaded, ref, 64)
+    req = TapRequest((PoolingSpec("map"),), frozenset({"pooled", "logits", "patch_scores"}))
+    with torch.no_grad():
+        out = forward_taps(loaded, x, req, "fp32")
+        want = ref.forward_head(ref.forward_features(x), pre_logits=True)
+        assert (out["pooled/map"] - want).abs().max() < 1e-4
+        assert (loaded.backbone.head(out["pooled/map"]) - ref(x)).abs().max() < 1e-4
+        # the class token does not enter timm's attention pool: pooling every token would differ
+        assert (ref.attn_pool(ref.forward_features(x)) - want).abs().max() > 1e-3
+    _check_poolings([PoolingSpec("map")], loaded, None)
+    plain = tmp_path / "plain.pth"
+    torch.save({"state_dict": timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0,
+                                                img_size=64).state_dict(), "arch": "vit_tiny_patch16_224"}, plain)
+    other = load_model(plain)
+    assert not other.has_map_head and other.backbone.map_pool(torch.zeros(1, 17, 192)) is None
+    with pytest.raises(InputError, match="has no attention-pool head"):
+        _check_poolings([PoolingSpec("map")], other, None)

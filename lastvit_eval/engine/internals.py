@@ -2,10 +2,13 @@
 
 One ordinary forward of the backbone, observed through hooks on its transformer blocks (`Backbone.blocks()`):
 
-* the last block's input is captured, and its query / key / value are recomputed from that block's own
-  pre-norm and packed projection (`nn.MultiheadAttention.in_proj_*` in torchvision and open_clip, timm's
-  `attn.qkv` with its `q_norm` / `k_norm`). This is what LOST reads (a hook on the last `attn.qkv`) and what
-  DINO's `get_last_selfattention` returns for the CLS row;
+* the last block's attention module is observed (its input and its rotary embedding, as the block passes
+  them: after the pre-norm, or the raw tokens in a post-norm block), and query / key / value are recomputed
+  from that module's own packed projection (`nn.MultiheadAttention.in_proj_*` in torchvision and open_clip,
+  timm's `attn.qkv` with its `q_norm` / `k_norm`; EVA's `EvaAttention` with its q / v biases, split
+  projections and rotary embedding on the patch tokens). This is what LOST reads (a hook on the last
+  `attn.qkv`) and what DINO's `get_last_selfattention` returns for the CLS row. Any other attention module
+  is refused at plan time (`unreadable_attention`), never guessed;
 * `block_norms`: the L2 norm of every token after every block (before the final norm), the high-norm
   artifact diagnosis;
 * `keep`: per image, the patch indices that enter the first block (prefix tokens always stay). Tokens are
@@ -38,28 +41,69 @@ def _norm_and_attention(block: nn.Module) -> tuple[nn.Module, nn.Module]:
     raise InputError(f"{type(block).__name__}: no pre-norm + attention pair (ln_1/norm1 + attn) to read keys from")
 
 
-def block_qkv(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """(q, k, v, scale) of `block`'s self-attention for block input `x` [B, N, D]; q/k/v are [B, H, N, d]."""
-    norm, attn = _norm_and_attention(block)
-    h = norm(x)
+def _attention_kind(attn: nn.Module) -> str | None:
+    """'mha' | 'timm' | 'eva' for the attention modules whose q / k / v are recomputed exactly; None otherwise.
+
+    Exact types only: a subclass (or another library's module with a `qkv` attribute) may add biases, rotary
+    embeddings or a different head layout, and keys recomputed from `qkv` alone would be silently wrong.
+    """
     if isinstance(attn, nn.MultiheadAttention):
-        if attn.in_proj_weight is None:
-            raise InputError(f"{type(block).__name__}: attention with separate q/k/v projections is not supported")
-        heads = attn.num_heads
-        packed = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
-        q_norm = k_norm = None
-    elif hasattr(attn, "qkv") and hasattr(attn, "num_heads"):
-        heads = attn.num_heads
-        packed = attn.qkv(h)
-        q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+        return "mha" if attn.in_proj_weight is not None else None
+    from timm.layers import Attention
+    from timm.models.eva import EvaAttention
+
+    if type(attn) is Attention:
+        return "timm"
+    if type(attn) is EvaAttention:
+        return "eva"
+    return None
+
+
+def unreadable_attention(bb: Backbone) -> str | None:
+    """Why the last block's keys / values / CLS attention cannot be read exactly (None when they can)."""
+    blocks = bb.blocks()
+    if not blocks:
+        return "no transformer blocks (a CNN, or a tower whose blocks are not observed)"
+    try:
+        _, attn = _norm_and_attention(blocks[-1])
+    except InputError:
+        return f"a {type(blocks[-1]).__name__} block without a known pre-norm + attention pair"
+    if _attention_kind(attn) is None:
+        return (f"a {type(attn).__module__}.{type(attn).__name__} attention, whose queries and keys are not "
+                "recomputed here")
+    return None
+
+
+def attention_qkv(attn: nn.Module, h: torch.Tensor, rope: torch.Tensor | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """(q, k, v, scale) of attention module `attn` for its input `h` [B, N, D]; q/k/v are [B, H, N, d]."""
+    kind = _attention_kind(attn)
+    if kind is None:
+        raise InputError(f"{type(attn).__name__}: unknown attention module (keys would not be exact)")
+    if kind == "mha" and not attn.batch_first:  # the module's own input is [N, B, D] then
+        h = h.transpose(0, 1)
+    b, n, _ = h.shape
+    heads = attn.num_heads
+    if kind == "eva" and attn.qkv is None:  # EVA with split projections (k has no bias)
+        q, k, v = (proj(h).reshape(b, n, heads, -1).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj,
+                                                                                  attn.v_proj))
     else:
-        raise InputError(f"{type(attn).__name__}: unknown attention module (no packed qkv projection)")
-    b, n, three_d = packed.shape
-    d = three_d // 3 // heads
-    q, k, v = packed.reshape(b, n, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
-    if q_norm is not None:
-        q, k = q_norm(q), k_norm(k)
-    scale = float(getattr(attn, "scale", d ** -0.5))
+        if kind == "mha":
+            packed = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+        elif kind == "eva" and attn.q_bias is not None:  # EVA: q and v biases, k bias zero
+            packed = F.linear(h, attn.qkv.weight, torch.cat((attn.q_bias, attn.k_bias, attn.v_bias)))
+        else:
+            packed = attn.qkv(h)
+        q, k, v = packed.reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    if kind != "mha":
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    if kind == "eva" and rope is not None:  # rotary embedding on the patch tokens, prefix tokens left as they are
+        from timm.layers import apply_rot_embed_cat
+
+        p, half = attn.num_prefix_tokens, bool(getattr(attn, "rotate_half", False))
+        q = torch.cat([q[:, :, :p], apply_rot_embed_cat(q[:, :, p:], rope, half=half)], dim=2).type_as(v)
+        k = torch.cat([k[:, :, :p], apply_rot_embed_cat(k[:, :, p:], rope, half=half)], dim=2).type_as(v)
+    scale = float(getattr(attn, "scale", q.shape[-1] ** -0.5))
     return q, k, v, scale
 
 
@@ -101,6 +145,7 @@ def traced_tokens(bb: Backbone, x: torch.Tensor, want: frozenset[str] = frozense
 
     def grab_last(_module, args, kwargs):
         seen["last_in"] = args[0] if args else next(iter(kwargs.values()))
+        seen["rope"] = kwargs.get("rope")
 
     def norm_after(_module, _args, out):
         norms.append((out[0] if isinstance(out, tuple) else out).float().norm(dim=-1))
@@ -111,7 +156,12 @@ def traced_tokens(bb: Backbone, x: torch.Tensor, want: frozenset[str] = frozense
                 raise ValueError(f"keep must be [B, K] patch indices, got {tuple(keep.shape)}")
             handles.append(blocks[0].register_forward_pre_hook(drop, with_kwargs=True))
         if want & _LAST_BLOCK:
-            handles.append(blocks[-1].register_forward_pre_hook(grab_last, with_kwargs=True))
+            why = unreadable_attention(bb)
+            if why:
+                raise InputError(f"{type(bb).__name__}: {', '.join(sorted(want & _LAST_BLOCK))} need the last "
+                                 f"block's attention, which is {why}")
+            last_attn = _norm_and_attention(blocks[-1])[1]
+            handles.append(last_attn.register_forward_pre_hook(grab_last, with_kwargs=True))
         if "block_norms" in want:
             handles.extend(b.register_forward_hook(norm_after) for b in blocks)
         tokens = bb.tokens(x)  # hooks and torch.compile do not mix: always the eager forward here
@@ -123,7 +173,9 @@ def traced_tokens(bb: Backbone, x: torch.Tensor, want: frozenset[str] = frozense
         out["block_norms"] = torch.stack(norms, dim=1)
     if want & _LAST_BLOCK:
         with torch.autocast(x.device.type, enabled=False):
-            q, k, v, scale = block_qkv(blocks[-1], seen["last_in"].float())
+            rope = seen["rope"]
+            q, k, v, scale = attention_qkv(last_attn, seen["last_in"].float(),
+                                           rope.float() if rope is not None else None)
             if "keys" in want:
                 out["keys"] = _heads_to_width(k)
             if "values" in want:

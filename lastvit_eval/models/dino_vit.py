@@ -16,6 +16,7 @@ import torch
 
 from ..data.transform import dino_vit
 from ..errors import InputError
+from ..pooling import Pooled
 from .arch_config import ArchHint, dino_or_timm_hint, resolve_heads
 from .base import ArchSpec, Backbone, KeyReport, LoadedModel, LoadOptions
 from .keys import (
@@ -145,14 +146,28 @@ def infer_arch(sd: dict, opts: LoadOptions, source: str, hint: ArchHint | None =
     return arch, kwargs
 
 
+def timm_attn_pool(model, tokens: torch.Tensor) -> torch.Tensor:
+    """A timm ViT / Eva's own attention-pool head (`global_pool='map'`) on its `forward_features` tokens, through
+    the model's `pool` (which decides whether prefix tokens enter it); this is `forward_head`'s input to `fc_norm`."""
+    pool = getattr(model, "pool", None)
+    return pool(tokens) if callable(pool) else model.attn_pool(tokens)
+
+
 class TimmBackbone(Backbone):
-    """Any timm VisionTransformer: tokens are `forward_features` (after the final `norm`)."""
+    """Any timm VisionTransformer: tokens are `forward_features` (after the final `norm`); `map` is the model's
+    attention-pool head where it has one (`head(map)` = its own logits: fc_norm, then the classifier)."""
 
     def __init__(self, model: VisionTransformer) -> None:
         super().__init__()
         self.model = model
         self.num_prefix_tokens = int(model.num_prefix_tokens)
         self.has_head = not isinstance(model.head, torch.nn.Identity)
+        self.has_map_head = getattr(model, "attn_pool", None) is not None
+
+    def map_pool(self, tokens: torch.Tensor) -> Pooled | None:
+        if not self.has_map_head:
+            return None
+        return Pooled(token=timm_attn_pool(self.model, tokens).float())
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(x)

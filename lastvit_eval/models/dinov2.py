@@ -113,6 +113,8 @@ def unwrap(raw, opts: LoadOptions | None = None) -> tuple[dict, KeyReport] | Non
         return None
     markers = ("mask_token" in sd or "register_tokens" in sd or is_chunked(sd)
                or any(k.endswith("mlp.w12.weight") for k in sd))
+    if any(k.startswith("decoder_") for k in sd):  # MAE pre-training (mask_token + decoder_*): the timm family's
+        return None
     return (sd, report) if markers else None
 
 

@@ -16,6 +16,10 @@ read safely from shapes, so its open_clip model config is required: the hub name
 name (`model_<ARCH>`). The strict load then checks every tensor against that config. Tokens =
 `trunk.forward_features` (after its final norm); `map` = the trunk's attention-pool head (SigLIP);
 `project` = the rest of open_clip's image head (`fc_norm`, the trunk head, `visual.head`).
+
+`--image-size N`: a timm trunk is resized by timm's own `set_input_size` (position embeddings resampled,
+EVA's rotary grid rebuilt); a ResNet CLIP is refused (its attention pool's position embeddings are fixed and
+open_clip has no resampling for them).
 """
 
 from __future__ import annotations
@@ -111,15 +115,18 @@ class TimmTowerBackbone(Backbone):
     def map_pool(self, tokens: torch.Tensor) -> Pooled | None:
         if not self.has_map_head:
             return None
-        return Pooled(token=self.clip.visual.trunk.attn_pool(tokens).float())
+        from .dino_vit import timm_attn_pool
+
+        return Pooled(token=timm_attn_pool(self.clip.visual.trunk, tokens).float())
 
     def blocks(self) -> list[torch.nn.Module]:
-        """A plain timm ViT trunk (SigLIP) only: EVA's rotary embeddings act inside attention, so keys
-        recomputed from its qkv projection would be wrong; it has no observable blocks here."""
+        """A timm ViT (SigLIP) or Eva (EVA-CLIP) trunk's blocks; `engine/internals` reads keys only from the
+        attention modules it recomputes exactly (EVA's rotary embeddings and q / v biases included)."""
+        from timm.models.eva import Eva
         from timm.models.vision_transformer import VisionTransformer
 
         trunk = self.clip.visual.trunk
-        return list(trunk.blocks) if type(trunk) is VisionTransformer else []
+        return list(trunk.blocks) if type(trunk) in (VisionTransformer, Eva) else []
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         v = self.clip.visual
@@ -184,7 +191,7 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None, model_cfg: dic
     report.steps.append(f"activation: {'QuickGELU' if quick_gelu else 'GELU'} ({why})")
     if _kind(sd) == "resnet":
         return _load_resnet(sd, report, opts, source, sha256, quick_gelu)
-    return _load_timm(raw, sd, report, hints, source, sha256, quick_gelu, model_cfg, cfg_where)
+    return _load_timm(raw, sd, report, hints, source, sha256, quick_gelu, model_cfg, cfg_where, opts.image_size)
 
 
 def _load_resnet(sd: dict, report: KeyReport, opts: LoadOptions, source: str, sha256: str | None,
@@ -197,6 +204,10 @@ def _load_resnet(sd: dict, report: KeyReport, opts: LoadOptions, source: str, sh
     width = int(_need(sd, "visual.layer1.0.conv1.weight", source).shape[0])
     spatial = math.isqrt(sd["visual.attnpool.positional_embedding"].shape[0] - 1)
     embed_dim = int(_need(sd, "visual.attnpool.c_proj.weight", source).shape[0])
+    if opts.image_size and opts.image_size != spatial * RN_STRIDE:
+        raise InputError(f"{source}: --image-size {opts.image_size} does not apply to a CLIP ResNet (layers {layers}): "
+                         f"open_clip's attention pool has position embeddings for {spatial * RN_STRIDE} px only and "
+                         "open_clip never resamples them; drop --image-size")
     vision = CLIPVisionCfg(layers=layers, width=width, head_width=RN_HEAD_WIDTH, image_size=spatial * RN_STRIDE)
     model = CLIP(embed_dim, vision_cfg=vision, text_cfg=text_config(sd, source), quick_gelu=quick_gelu,
                  **clip_kwargs(sd))
@@ -218,7 +229,7 @@ def _load_resnet(sd: dict, report: KeyReport, opts: LoadOptions, source: str, sh
 
 
 def _load_timm(raw, sd: dict, report: KeyReport, hints: dict, source: str, sha256: str | None, quick_gelu: bool,
-               model_cfg: dict | None, cfg_where: str | None) -> LoadedModel:
+               model_cfg: dict | None, cfg_where: str | None, image_size: int | None = None) -> LoadedModel:
     cfg, where, pre = _model_config(raw, source, hints, model_cfg)
     where = cfg_where or where
     try:
@@ -237,17 +248,28 @@ def _load_timm(raw, sd: dict, report: KeyReport, hints: dict, source: str, sha25
         report.steps.append("moved text tower keys under 'text.' (open_clip's custom-text layout)")
     trunk = model.visual.trunk
     pe = trunk.patch_embed
-    patch, grid = int(pe.patch_size[0]), int(pe.grid_size[0])
+    native = int(pe.img_size[0])
+    if image_size:
+        from .resolution import check_image_size
+
+        check_image_size(image_size, int(pe.patch_size[0]), source)
     blk = trunk.blocks[0]
     mlp = getattr(blk.mlp, "fc1", None) or getattr(blk.mlp, "fc1_x", None)
     vcfg = cfg.get("vision_cfg") or {}
-    arch = ArchSpec(family=FAMILY, name=str(vcfg.get("timm_model_name")), image_size=grid * patch, patch_size=patch,
+    patch = int(pe.patch_size[0])
+    size = image_size or native
+    arch = ArchSpec(family=FAMILY, name=str(vcfg.get("timm_model_name")), image_size=size, patch_size=patch,
                     width=int(trunk.embed_dim), depth=len(trunk.blocks), heads=int(blk.attn.num_heads),
                     mlp_dim=int(mlp.out_features) if mlp is not None else 0,
                     num_prefix_tokens=int(getattr(trunk, "num_prefix_tokens", 1)), num_classes=None,
                     embed_dim=int(cfg["embed_dim"]), heads_source="library config",
-                    config=f"open_clip {where}: timm {vcfg.get('timm_model_name')}, pool {vcfg.get('timm_pool')}")
+                    config=f"open_clip {where}: timm {vcfg.get('timm_model_name')}, pool {vcfg.get('timm_pool')}",
+                    native_image_size=native if native != size else None)
     strict_load(model, sd, source, report, arch)
+    if size != native:  # --image-size: the trunk's own set_input_size (pos_embed resampled, rope grid rebuilt)
+        from .resolution import timm_set_size
+
+        report.steps += timm_set_size(trunk, size, source)
     model.eval().requires_grad_(False)
     text = cfg.get("text_cfg") or {}
     details = {"quick_gelu": quick_gelu, "tower": "timm", "tokenizer": text.get("hf_tokenizer_name")}

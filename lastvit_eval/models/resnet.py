@@ -8,6 +8,11 @@ bare released backbone (a torchvision state dict without `fc`).
 The ResNet is seen as a ViT without prefix tokens: the last feature map (layer4, [B, C, H/32, W/32]) is the
 patch grid, flattened row-major to [B, H*W/1024, C]. GAP over those tokens is torchvision's `avgpool`, so
 `head(gap)` is the model's own logits; LAST and the patch score apply to the tokens unchanged.
+
+`--image-size N` (any multiple of 32): torchvision's ResNet takes any input size (`avgpool` is adaptive), so
+nothing is resampled; the transform keeps its 256/224 resize / crop ratio at crop N and the grid is N/32.
+A DINO `main_dino` checkpoint is recorded as such in the architecture's config (the training recipe is not in
+the tensors), so reports label it self-supervised whatever the file is called.
 """
 
 from __future__ import annotations
@@ -135,7 +140,16 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None, hint: str | No
     sd, ignored = drop_keys(sd, opts.ignore_keys)
     report.ignored = ignored
     sd = to_float32(sd)
-    arch, kwargs = infer_arch(sd, source)
+    size = opts.image_size or DEFAULT_IMAGE_SIZE
+    if opts.image_size:
+        from .resolution import check_image_size
+
+        check_image_size(size, STRIDE, source)
+    arch, kwargs = infer_arch(sd, source, image_size=size)
+    if dino:
+        import dataclasses
+
+        arch = dataclasses.replace(arch, config=f"{arch.config}; training: DINO self-supervised (main_dino)")
     if hint is not None and hint != arch.name:
         raise InputError(f"{source}: torchvision {hint} expected, but the tensors are a {arch.name} ({arch.config})")
     model = build(kwargs, has_fc=arch.num_classes is not None)

@@ -15,6 +15,14 @@ own pooled feature before `fc_norm`, the head applies `fc_norm` (so `gap` + head
 `cls` / `last` see the un-normalized last-block tokens. DeiT distilled: the head is the class-token
 classifier `head` (timm averages it with `head_dist` on the distillation token at inference).
 
+MAE (facebookresearch/mae, `{'model': state_dict}`): a pre-training checkpoint (encoder plus `mask_token` and
+`decoder_*`) has its decoder and mask token dropped and listed in the key report, as DINO's projection head is;
+the released encoder (MAE's fixed 2-D sin-cos `pos_embed` with a zero CLS row, which no learned embedding
+reproduces) is recognised by that table. Both need `--arch` (e.g. vit_base_patch16_224: MAE's encoders are
+timm ViTs) and get MAE's own evaluation transform (resize 256 bicubic, crop 224, ImageNet mean / std, scaled
+for `--image-size`). A fine-tuned MAE (`fc_norm` without `norm`: global_pool avg) is built with timm's
+`global_pool='avg'`, which gives exactly that layout.
+
 Without a name, or with one whose shapes disagree, the error lists the timm names that fit the tensors:
 every `vit_*` / `deit*` / `eva*` name with the file's patch size is built on the meta device with one block
 (no memory, about 10 ms each) and compared shape by shape, then the survivors at full depth.
@@ -37,9 +45,36 @@ from .resolution import check_image_size, timm_set_size
 FAMILY = "timm"
 PATTERNS = ("vit_*", "deit*", "eva*")
 # Keys only timm-built models have (a DINO-style VisionTransformer cannot hold them): distillation token,
-# fc_norm without a final norm (avg pooling), EVA's split q/v biases, SwiGLU and rotary tensors.
+# fc_norm without a final norm (avg pooling), EVA's split q/v biases, SwiGLU and rotary tensors, an attention-pool head.
 TIMM_ONLY = ("dist_token", "head_dist.weight", "blocks.0.attn.q_bias", "blocks.0.mlp.fc1_g.weight",
-             "blocks.0.attn.q_proj.weight")
+             "blocks.0.attn.q_proj.weight", "attn_pool.latent")
+
+
+def mae_pos_embed(dim: int, grid: int) -> torch.Tensor:
+    """MAE's fixed position table (util/pos_embed.py get_2d_sincos_pos_embed, cls_token=True), [1 + grid^2, dim]:
+    a zero CLS row, then per patch (row i, column j) [sin(j w), cos(j w), sin(i w), cos(i w)], w = 1/10000^(4k/dim)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4.0))
+    idx = torch.arange(grid, dtype=torch.float64)
+
+    def enc(pos: torch.Tensor) -> torch.Tensor:
+        out = pos[:, None] * omega[None]
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    patches = torch.cat([enc(idx.repeat(grid)), enc(idx.repeat_interleave(grid))], dim=1)
+    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), patches], dim=0)
+
+
+def mae_kind(sd: dict) -> str | None:
+    """'pretrain' (MAE's decoder is in the file), 'encoder' (MAE's sin-cos pos_embed), or None."""
+    if any(k.startswith("decoder_") for k in sd) and "patch_embed.proj.weight" in sd:
+        return "pretrain"
+    pos = sd.get("pos_embed")
+    if not isinstance(pos, torch.Tensor) or pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[2] % 4:
+        return None
+    grid = int(round((pos.shape[1] - 1) ** 0.5))
+    if grid * grid != pos.shape[1] - 1 or bool(pos[0, 0].any()):
+        return None
+    return "encoder" if (pos[0].double() - mae_pos_embed(pos.shape[2], grid)).abs().max() < 1e-3 else None
 
 
 def _field(obj: Any, name: str) -> Any:
@@ -70,7 +105,16 @@ def unwrap(raw, opts: LoadOptions | None = None) -> tuple[dict, KeyReport] | Non
     sd = strip_if_all(dict(obj), "module.", report.steps)
     from . import dinov2
 
-    if "patch_embed.proj.weight" in sd and dinov2.unwrap(sd) is not None:
+    mae = mae_kind(sd)
+    if mae:
+        wrapper = report.format.removeprefix("timm checkpoint ")
+        report.format = f"MAE {mae} checkpoint " + ("state_dict" if wrapper == "timm state_dict" else wrapper)
+    if mae == "pretrain":
+        drop = sorted(k for k in sd if k.startswith("decoder_") or k == "mask_token")
+        sd = {k: v for k, v in sd.items() if k not in drop}
+        report.dropped.extend(drop)
+        report.steps.append(f"dropped {len(drop)} MAE pre-training keys (decoder_*, mask_token): not the encoder")
+    elif "patch_embed.proj.weight" in sd and dinov2.unwrap(sd) is not None:
         if dinov2.is_chunked(sd):
             sd = dinov2.unchunk_blocks(sd)
             report.steps.append("block chunks blocks.<chunk>.<i>.* -> blocks.<i>.*")
@@ -92,7 +136,16 @@ def detect(raw) -> bool:
         return False
     sd = found[0]
     pretrained_cfg = isinstance(raw, dict) and isinstance(raw.get("pretrained_cfg"), dict)
-    return pretrained_cfg or any(k in sd for k in TIMM_ONLY) or ("fc_norm.weight" in sd and "norm.weight" not in sd)
+    return (pretrained_cfg or any(k in sd for k in TIMM_ONLY) or ("fc_norm.weight" in sd and "norm.weight" not in sd)
+            or found[1].format.startswith("MAE"))
+
+
+def _layout_kw(sd: dict) -> dict:
+    """The pooling layout the tensors fix: `attn_pool.*` (an attention-pool head) is timm's global_pool='map';
+    `fc_norm` without `norm` (MAE / BEiT fine-tuned, EVA02) is global_pool='avg'."""
+    if any(k.startswith("attn_pool.") for k in sd):
+        return {"global_pool": "map"}
+    return {"global_pool": "avg"} if "fc_norm.weight" in sd and "norm.weight" not in sd else {}
 
 
 def _num_classes(sd: dict) -> int:
@@ -103,6 +156,7 @@ def _num_classes(sd: dict) -> int:
 def _create(name: str, sd: dict, meta: bool, **kw):
     import timm
 
+    kw = {**_layout_kw(sd), **kw}
     if meta:
         with torch.device("meta"):
             return timm.create_model(name, pretrained=False, num_classes=_num_classes(sd), **kw)
@@ -195,9 +249,11 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None) -> LoadedModel
     report.ignored = ignored
     sd = to_float32(sd)
     named = (opts.arch, "--arch") if opts.arch else file_arch(raw)
+    mae = report.format.startswith("MAE")
     if named is None:
-        raise InputError(f"{source}: the tensors ({_shape_facts(sd)}) do not say which timm architecture this is; "
-                         f"pass --arch NAME ({_fits_text(sd)})")
+        what = f"an {report.format.split(' checkpoint')[0]} checkpoint (MAE's encoders are timm ViTs)" if mae else ""
+        raise InputError(f"{source}: {what + ': ' if mae else ''}the tensors ({_shape_facts(sd)}) do not say which "
+                         f"timm architecture this is; pass --arch NAME ({_fits_text(sd)})")
     name, where = named
     import timm
 
@@ -215,8 +271,12 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None) -> LoadedModel
     native = _grid_size(probe, sd)
     kw = {"img_size": native} if native and native != probe.patch_embed.img_size[0] else {}
     model = _create(name, sd, meta=False, **kw)
+    pool = _layout_kw(sd).get("global_pool")
     report.steps.append(f"timm.create_model({name!r}, pretrained=False, num_classes={_num_classes(sd)}"
-                        + (f", img_size={native}" if kw else "") + f") ({where})")
+                        + (f", img_size={native}" if kw else "")
+                        + (f", global_pool={pool!r}" if pool else "") + f") ({where})"
+                        + {"avg": " (fc_norm without norm: the avg-pooling layout)",
+                           "map": " (attn_pool.* in the file: the attention-pool head)", None: ""}[pool])
     blk = model.blocks[0]
     heads = int(blk.attn.num_heads)
     width = int(model.embed_dim)
@@ -243,7 +303,14 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None) -> LoadedModel
     model.eval().requires_grad_(False)
     backbone = TimmBackbone(model)
     backbone.details = pooling_details(model)
-    return LoadedModel(backbone=backbone, arch=arch, transform=timm_transform(model, size), keys=report,
+    transform = timm_transform(model, size)
+    if mae:  # MAE's own evaluation recipe, not the pretrained_cfg of whichever timm tag shares the architecture
+        from ..data.transform import dino_vit
+
+        transform = dino_vit(size)
+        report.steps.append(f"preprocessing: MAE's evaluation transform (resize {transform.resize} bicubic, crop "
+                            f"{size}, ImageNet mean/std)")
+    return LoadedModel(backbone=backbone, arch=arch, transform=transform, keys=report,
                        source=source, sha256=sha256, params=sum(p.numel() for p in model.parameters()))
 
 
