@@ -158,3 +158,23 @@ def test_npy_masks_give_the_object_area(imagenet_root, detectron2_ckpt, tmp_path
         inside = c.reshape(g, 8, g, 8).mean(axis=(1, 3)) > 0.5
         assert abs(rows.loc[image_id, "object_area"] - 100 * inside.mean()) < 1e-9
     assert rows["object_area"].isna().sum() == len(IMAGES) - 5
+
+
+def test_masking_probe_refuses_rotary_models_before_any_forward(imagenet_root, tmp_path, forwarded):
+    """EVA02 feeds every block a rotary table for the whole grid: dropping patches would break its shapes
+    mid-run, so --mask-top is one clear error at check time (the same model without the probe runs)."""
+    import timm
+
+    eva = timm.create_model("eva02_tiny_patch14_224", pretrained=False, num_classes=10, img_size=56).eval()
+    path = tmp_path / "eva.pth"
+    torch.save({"state_dict": eva.state_dict(), "arch": "eva02_tiny_patch14_224"}, path)
+    base = ["artifacts", "-c", str(path), "-r", str(imagenet_root), "--workers", "0", "--no-progress", "-p", "gap",
+            "--class-map", str(_class_map(imagenet_root, tmp_path))]
+    r = runner.invoke(app, [*base, "-o", str(tmp_path / "m"), "--mask-top", "0.25"])
+    assert r.exit_code == 2, r.output
+    assert "rotary position embedding" in r.output and "eva.pth" in r.output, r.output
+    assert len(r.output.strip().splitlines()) <= 3  # one line (wrapped at most twice)
+    assert forwarded == []
+    r = runner.invoke(app, [*base, "-o", str(tmp_path / "ok")])
+    assert r.exit_code == 0, r.output
+    assert forwarded  # without the probe the same model is evaluated

@@ -74,6 +74,12 @@ def unreadable_attention(bb: Backbone) -> str | None:
     return None
 
 
+def feeds_rotary_embedding(bb: nn.Module) -> bool:
+    """True when the blocks take a rotary position embedding built for the full patch grid (timm Eva /
+    EVA02, EVA-CLIP trunks): dropping patches before the first block would leave it the wrong size."""
+    return any(getattr(m, "rope", None) is not None for m in bb.modules())
+
+
 def attention_qkv(attn: nn.Module, h: torch.Tensor, rope: torch.Tensor | None = None,
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """(q, k, v, scale) of attention module `attn` for its input `h` [B, N, D]; q/k/v are [B, H, N, d]."""

@@ -283,6 +283,12 @@ class Artifacts(Evaluator):
             if model.arch.num_classes is None:
                 raise InputError(f"{model.source}: --mask-top/--mask-bottom score the masked forward with the "
                                  "checkpoint's classification head, and this checkpoint has none")
+            from ..engine.internals import feeds_rotary_embedding
+
+            if feeds_rotary_embedding(model.backbone):
+                raise InputError(f"{model.source}: --mask-top/--mask-bottom drop patches before the first block, "
+                                 f"and {model.name} gives its blocks a rotary position embedding built for the "
+                                 f"full {self.grid[0]}x{self.grid[1]} grid; the masking probe does not support it")
             for side, f, _ in self.probes:
                 drop = drop_count(f, p)
                 if drop >= p:
