@@ -210,7 +210,7 @@ def test_last_votes_on_a_coco_subset_matches_a_recomputation(coco, ckpt, tmp_pat
     """`--method last-votes` on COCO: the vote-map box re-derived here from the stored votes (components by
     breadth-first search, the one with the most votes, mapped back through Resize + CenterCrop), IoU by pixel
     masks against the json's non-crowd boxes."""
-    from test_discovery_cli import _components
+    from test_discovery_cli import _components, _pixel_iou
 
     from lastvit_eval.engine.device import EngineSpec
     from lastvit_eval.engine.extract import extract
@@ -253,7 +253,7 @@ def test_last_votes_on_a_coco_subset_matches_a_recomputation(coco, ckpt, tmp_pat
         box = [(c0 * p + left) * w / nw, (r0 * p + top) * h / nh, (c1 * p + left) * w / nw, (r1 * p + top) * h / nh]
         box = [min(max(x, 0), lim) for x, lim in zip(box, (w, h, w, h), strict=True)]
         np.testing.assert_allclose(row[["x0", "y0", "x1", "y1"]].to_numpy(float), box, atol=1e-3)
-        ious = [_fine_pixel_iou(box, gt, (w, h)) for gt in coco_truth(image_id)]
+        ious = [_pixel_iou(box, gt, (w, h)) for gt in coco_truth(image_id)]
         assert row["iou"] == pytest.approx(max(ious), abs=0.02)
         if abs(max(ious) - 0.5) > 0.02:
             assert bool(row["hit"]) == (max(ious) >= 0.5)
@@ -262,18 +262,6 @@ def test_last_votes_on_a_coco_subset_matches_a_recomputation(coco, ckpt, tmp_pat
     assert rec["metrics"]["corloc.hit"]["value"] == pytest.approx(100 * np.mean(hits))
     assert rec["info"]["corloc"]["method"] == "last-votes"
 
-
-def _fine_pixel_iou(a, b, size) -> float:
-    """IoU of two pixel-edge boxes (fractional corners) by counting 1/8-pixel cells of the image."""
-    w, h = size
-    xs = (np.arange(w * 8) + 0.5) / 8
-    ys = (np.arange(h * 8) + 0.5) / 8
-
-    def mask(box):
-        return ((ys[:, None] >= box[1]) & (ys[:, None] < box[3])) & ((xs[None] >= box[0]) & (xs[None] < box[2]))
-
-    ma, mb = mask(a), mask(b)
-    return float((ma & mb).sum() / max((ma | mb).sum(), 1))
 
 
 def test_full_resolution_tokens_equal_timms_dynamic_model(ckpt, devkit):

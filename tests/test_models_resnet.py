@@ -124,8 +124,9 @@ def test_wrong_architecture_names_the_shapes(tmp_path):
         load_model(tmp_path / "bad.pth")
 
 
-def test_hub_resnet_from_the_torch_hub_cache(tmp_path, monkeypatch):
-    """`torchvision:resnet18` reads torch.hub's cache; the name is checked against the tensors."""
+@pytest.fixture
+def hub_resnet18(tmp_path, monkeypatch):
+    """A perturbed ResNet-18 saved where torch.hub caches IMAGENET1K_V1, with every cache and hub offline."""
     for var in ("TORCH_HOME", "HF_HOME", "XDG_CACHE_HOME", "HOME"):
         monkeypatch.setenv(var, str(tmp_path / "home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -136,6 +137,14 @@ def test_hub_resnet_from_the_torch_hub_cache(tmp_path, monkeypatch):
     torch.manual_seed(0)
     ref = _perturbed(resnet18(weights=None), 0)
     torch.save(ref.state_dict(), ckpt)
+    return ref, ckpt
+
+
+def test_hub_resnet_from_the_torch_hub_cache(hub_resnet18):
+    """`torchvision:resnet18` reads torch.hub's cache; the name is checked against the tensors."""
+    from torchvision.models import ResNet18_Weights
+
+    ref, ckpt = hub_resnet18
     loaded = load_model("torchvision:resnet18")
     assert (loaded.arch.name, loaded.arch.width, loaded.source) == ("resnet18", 512, "torchvision:resnet18")
     x = torch.randn(1, 3, 64, 64)
@@ -260,17 +269,8 @@ def test_image_size_is_applied_as_torchvision_runs_it(tmp_path):
         load_model(tmp_path / "rn50.pth", LoadOptions(image_size=100))
 
 
-def test_hub_resnet_image_size_scales_the_weights_transform(tmp_path, monkeypatch):
-    for var in ("TORCH_HOME", "HF_HOME", "XDG_CACHE_HOME", "HOME"):
-        monkeypatch.setenv(var, str(tmp_path / "home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from torchvision.models import ResNet18_Weights
-
-    ckpt = tmp_path / "home" / "hub" / "checkpoints" / ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1]
-    ckpt.parent.mkdir(parents=True)
-    torch.manual_seed(0)
-    ref = _perturbed(resnet18(weights=None), 0)
-    torch.save(ref.state_dict(), ckpt)
+def test_hub_resnet_image_size_scales_the_weights_transform(hub_resnet18):
+    ref, _ = hub_resnet18
     loaded = load_model("torchvision:resnet18", LoadOptions(image_size=128))
     t = loaded.transform  # IMAGENET1K_V1: resize 256, crop 224, bilinear
     assert (loaded.arch.image_size, loaded.arch.grid, t.crop, t.resize) == (128, (4, 4), 128, 128 * 256 // 224)
