@@ -269,6 +269,9 @@ def test_mae_pretrain_checkpoint_is_timm_with_the_decoder_dropped(tmp_path):
     _check_against(loaded, ref, 64)
     t = loaded.transform
     assert (t.resize, t.crop, t.interpolation, t.mean) == (64 * 256 // 224, 64, "bicubic", (0.485, 0.456, 0.406))
+    from lastvit_eval.report.reference import supervision
+
+    assert supervision(loaded.provenance()) == "mae"  # self-supervised: not the label-supervised row
 
 
 def test_mae_released_encoder_is_not_dino(tmp_path):
@@ -279,6 +282,9 @@ def test_mae_released_encoder_is_not_dino(tmp_path):
         load_model(tmp_path / "mae_pretrain_vit_tiny.pth")
     loaded = load_model(tmp_path / "mae_pretrain_vit_tiny.pth", LoadOptions(arch="vit_tiny_patch16_224"))
     assert loaded.arch.family == "timm" and loaded.keys.dropped == []
+    from lastvit_eval.report.reference import supervision
+
+    assert supervision(loaded.provenance()) == "mae"
     _check_against(loaded, ref, 64)
     # a learned pos_embed (DINO) stays with the DINO adapter
     dino = mae_encoder(seed=14)
@@ -298,6 +304,9 @@ def test_mae_fine_tuned_avg_pool_and_fc_norm(tmp_path):
     with torch.no_grad():
         assert (ref.fc_norm(gap) - ref.forward_head(ref.forward_features(x), pre_logits=True)).abs().max() < 1e-4
         assert (loaded.backbone.head(gap) - ref(x)).abs().max() < 1e-4
+    from lastvit_eval.report.reference import supervision
+
+    assert supervision(loaded.provenance()) == "label"  # fine-tuned on labels: the label-supervised row
 
 
 # --- attention-pool head (global_pool='map') ---------------------------------------------------------------------

@@ -147,3 +147,20 @@ def test_a_main_dino_resnet_is_placed_in_the_dino_row():
     assert (teacher.supervision, teacher.column) == ("dino", "ResNet")
     plain = place(record([]))
     assert (plain.supervision, plain.column) == ("label", "ResNet")
+
+
+def test_an_mae_encoder_is_not_placed_in_the_label_row():
+    """An MAE encoder (recorded by its loader) is self-supervised: the paper's table has no row for it, so it is
+    listed as not placed, never put in the label-supervised row."""
+    from lastvit_eval.report.pib_table import pib_table
+
+    arch = {"family": "timm", "name": "vit_base_patch16_224", "width": 768, "patch_size": 16, "num_prefix_tokens": 1}
+    steps = ["preprocessing: MAE's evaluation transform (resize 256 bicubic, crop 224, ImageNet mean / std)"]
+    rec = {"run": "mae", "provenance": {"model": {"name": "mae_pretrain_vit_base.pth", "family": "timm",
+                                                  "arch": arch, "key_mapping": steps},
+                                        "pooling": {"name": "cls", "kind": "cls"}, "dataset": {}},
+           "metrics": {"patch_hit.top1": {"value": 50.0}}}
+    table = pib_table([rec])
+    assert table.cells == {}
+    (line,) = table.unplaced_lines()
+    assert "mae" in line and "rows for label-supervised, DINO, CLIP models only" in line, line

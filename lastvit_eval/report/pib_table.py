@@ -147,6 +147,10 @@ def place(record: dict) -> Placed:
         p.notes.append("no model architecture recorded (a run from feature files?)")
         return p
     p.supervision = supervision(model)
+    if p.supervision not in ROWS:
+        p.notes.append(f"{p.supervision} pre-training: the paper's PiB table has rows for "
+                       f"{', '.join(ROWS.values())} models only")
+        return p
     kind = pooling_kind(pooling)
     registers = int(arch.get("num_registers") or 0)
     has_cls = int(arch.get("num_prefix_tokens") or 0) - registers >= 1

@@ -76,6 +76,8 @@ def supervision(model: dict) -> str:
     if family == "torchvision" and "resnet" not in text:
         return "label"
     steps = " ".join(str(s) for s in model.get("key_mapping") or [])
+    if "MAE's evaluation transform" in steps:
+        return "mae"  # an MAE encoder (recognised by its tensors): self-supervised, no row of the paper's
     if family == "resnet" and ("checkpoint['teacher']" in steps or "checkpoint['student']" in steps
                                or "under 'backbone.'" in steps):
         return "dino"  # a main_dino ResNet: the loader took its teacher / student backbone
