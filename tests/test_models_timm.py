@@ -345,3 +345,28 @@ def test_map_head_is_timms_own_attention_pool(tmp_path):
     assert not other.has_map_head and other.backbone.map_pool(torch.zeros(1, 17, 192)) is None
     with pytest.raises(InputError, match="has no attention-pool head"):
         _check_poolings([PoolingSpec("map")], other, None)
+
+
+def test_mae_training_checkpoint_names_its_model_in_args(tmp_path):
+    """MAE's main_pretrain saves {'model', 'args', ...} with args.model = 'mae_vit_<size>_patch<p>': with
+    --trust-checkpoint (args is a pickled Namespace) the timm name is read from it, no --arch needed."""
+    import argparse
+
+    from lastvit_eval.models.timm_vit import mae_to_timm
+
+    # MAE's published names (models_mae.py, models_vit.py) map onto names timm builds
+    for mae_name, timm_name in (("mae_vit_base_patch16", "vit_base_patch16_224"),
+                                ("mae_vit_large_patch16", "vit_large_patch16_224"),
+                                ("mae_vit_huge_patch14", "vit_huge_patch14_224"),
+                                ("vit_base_patch16", "vit_base_patch16_224")):
+        assert mae_to_timm(mae_name) == timm_name and timm_name in timm.list_models(timm_name)
+    assert mae_to_timm("vit_base_patch16_224") is None and mae_to_timm("deit_small_patch16_224") is None
+    ref = mae_encoder(seed=17)
+    path = tmp_path / "checkpoint-399.pth"
+    torch.save({"model": {**ref.state_dict(), **mae_decoder(seed=18)}, "epoch": 399,
+                "args": argparse.Namespace(model="mae_vit_tiny_patch16", mask_ratio=0.75)}, path)
+    with pytest.raises(InputError, match="trust-checkpoint"):
+        load_model(path)
+    loaded = load_model(path, LoadOptions(trust=True))
+    assert loaded.arch.name == "vit_tiny_patch16_224" and "MAE's name for timm's" in loaded.arch.config
+    _check_against(loaded, ref, 64)

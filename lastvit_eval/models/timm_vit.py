@@ -81,6 +81,17 @@ def _field(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
+# facebookresearch/mae names its models `mae_vit_<size>_patch<p>` (models_mae.py, pre-training) and
+# `vit_<size>_patch<p>` (models_vit.py, fine-tuning); both encoders are timm's `vit_<size>_patch<p>_224`.
+_MAE_NAME = re.compile(r"^(?:mae_)?vit_(tiny|small|base|large|huge)_patch(\d+)$")
+
+
+def mae_to_timm(name: str) -> str | None:
+    """timm's name for an MAE model name from a checkpoint's `args.model`, or None when it is not one."""
+    m = _MAE_NAME.match(name)
+    return f"vit_{m.group(1)}_patch{m.group(2)}_224" if m else None
+
+
 def file_arch(raw) -> tuple[str, str] | None:
     """(timm name, where it was read) from a checkpoint's own config, if it carries one."""
     if not isinstance(raw, dict):
@@ -90,6 +101,9 @@ def file_arch(raw) -> tuple[str, str] | None:
                         ("pretrained_cfg['architecture']", _field(raw.get("pretrained_cfg") or {}, "architecture")),
                         ("args.model", _field(args, "model") if args is not None else None)):
         if isinstance(name, str) and name:
+            timm_name = mae_to_timm(name) if where == "args.model" else None
+            if timm_name:
+                return timm_name, f"args.model {name!r} (MAE's name for timm's {timm_name})"
             return name, where
     return None
 
