@@ -283,10 +283,13 @@ def test_full_resolution_tokens_equal_timms_dynamic_model(ckpt, devkit):
 
 
 def test_bad_inputs_exit_2_before_any_forward(devkit, coco, ckpt, tmp_path, forwarded):
-    from conftest import tiny_vit
+    import timm
 
-    tv = tmp_path / "tv.pth"
-    torch.save(tiny_vit(seed=1).state_dict(), tv)
+    torch.manual_seed(1)  # a timm-family ViT (named by its pretrained_cfg): no full-resolution mode here
+    other = tmp_path / "timm_vit.pth"
+    torch.save({"state_dict": timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0,
+                                                img_size=32).state_dict(),
+                "pretrained_cfg": {"architecture": "vit_tiny_patch16_224"}}, other)
     bad_list = tmp_path / "bad_list.txt"
     bad_list.write_text("train2014/COCO_train2014_000000000099.jpg\n")
     missing = tmp_path / "coco_missing"
@@ -315,8 +318,9 @@ def test_bad_inputs_exit_2_before_any_forward(devkit, coco, ckpt, tmp_path, forw
                           ["corloc", "-c", str(ckpt), *args, "-o", str(tmp_path / "o"), "--no-progress"])
         assert r.exit_code == 2 and msg in r.output, (args, r.output)
         assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
-    r = runner.invoke(app, ["corloc", "-c", str(tv), *voc, "--method", "dino-seg", "-o", str(tmp_path / "o")])
-    assert r.exit_code == 2 and "needs a DINO / timm ViT" in r.output, r.output
+    r = runner.invoke(app, ["corloc", "-c", str(other), *voc, "--method", "dino-seg", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--resolution full needs a DINO, torchvision or OpenCLIP ViT" in r.output, r.output
+    assert "this is a timm model" in r.output and len(r.output.strip().splitlines()) == 1, r.output
     seg = devkit / "VOCdevkit" / "VOC2007" / "ImageSets" / "Segmentation"
     seg.mkdir()
     (seg / "val.txt").write_text("000005\n")

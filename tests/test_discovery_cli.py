@@ -207,7 +207,6 @@ def test_coarse_seg_counts_match_pixel_counting(devkit, ckpt, tmp_path):
 
 def test_discovery_checks_fail_before_any_forward(devkit, ckpt, tmp_path, forwarded):
     for args, msg in ((["corloc", "-p", "cls"], "votes exist for LAST poolings only"),
-                      (["corloc", "--method", "lost"], "--resolution full needs a DINO / timm ViT"),
                       (["coarse-seg", "--threshold", "high"], "--threshold 'high'"),
                       (["corloc", "--year", "2007"], "no VOC2007/JPEGImages")):
         r = runner.invoke(app, [*args, "-c", str(ckpt), "--voc-root", str(devkit), "-o", str(tmp_path / "o"),

@@ -11,12 +11,22 @@ feature store, which keeps fixed-shape arrays per tap, is not used for them (`us
 for the whole split: extraction reduces them chunk by chunk (`extract(reduce=...)`, `REDUCE_CHUNK` images,
 e.g. CorLoc's keys -> one box per image) and keeps only the small per-image results.
 
-Position embeddings. Only the DINO / timm family is supported: its timm `VisionTransformer` is switched to
-`dynamic_img_size` mode, in which timm resamples `pos_embed` per forward with `resample_abs_pos_embed`
-(bicubic, `F.interpolate(size=grid)`, antialias, which acts only when shrinking). DINO's own
-`interpolate_pos_encoding` is bicubic too, but passes `scale_factor=((h0 + 0.1) / g, (w0 + 0.1) / g)`, so its
-sample positions differ from timm's by under 0.1 / g of a patch: a small, stated difference. torchvision and
-open_clip ViTs have no per-forward resampling and are refused (one line), not silently resized.
+Position embeddings: each family follows its own library's resampling, per forward, to the padded grid
+(gh, gw) = (ceil(h/p), ceil(w/p)); the switch is explicit (`full_resolution`), never a silent resize.
+
+* DINO / timm (`dino` family): its timm `VisionTransformer` is switched to `dynamic_img_size` mode, in which
+  timm resamples `pos_embed` per forward with `resample_abs_pos_embed` (bicubic, `F.interpolate(size=grid)`,
+  antialias, which acts only when shrinking). DINO's own `interpolate_pos_encoding` is bicubic too, but passes
+  `scale_factor=((h0 + 0.1) / g, (w0 + 0.1) / g)`, so its sample positions differ from timm's by under 0.1 / g
+  of a patch: a small, stated difference.
+* torchvision ViTs: a full-resolution copy of the backbone (`TorchvisionBackbone.at_full_resolution`, same
+  weights) whose forward adds `interpolate_embeddings`' resampling generalised to (gh, gw): class row kept,
+  bicubic, `align_corners=True` (models/torchvision_vit.py says exactly where it differs).
+* OpenCLIP ViTs: likewise (`OpenCLIPBackbone.at_full_resolution`), with `resize_pos_embed`'s resampling
+  generalised to (gh, gw): class row kept, bicubic, `antialias=True`, `align_corners=False`
+  (models/openclip_vit.py).
+
+Other families (timm-built ViTs, DINOv2, CNNs, other CLIP towers) are refused in one line, before any forward.
 """
 
 from __future__ import annotations
@@ -40,15 +50,22 @@ def is_full_res(model: LoadedModel) -> bool:
 def full_resolution(model: LoadedModel) -> LoadedModel:
     """`model` with a full-padded transform and a backbone that takes any multiple of the patch size.
 
-    The timm model is switched in place (the flags `dynamic_img_size` sets at construction); the plan uses
-    one model per run, and a run at full resolution has no other evaluator (checked in plan.py).
+    DINO: the timm model is switched in place (the flags `dynamic_img_size` sets at construction); the plan
+    uses one model per run, and a run at full resolution has no other evaluator (checked in plan.py).
+    torchvision / OpenCLIP: a full-resolution backbone sharing the loaded weights replaces the backbone.
     """
     if is_full_res(model):
         return model
+    transform = full_padded(model.transform, model.arch.patch_size)
+    if model.arch.family in ("torchvision", "openclip"):
+        backbone = model.backbone.at_full_resolution()  # None for CLIP towers that are not open_clip ViTs
+        if backbone is not None:
+            return replace(model, backbone=backbone, transform=transform)
     vit = getattr(model.backbone, "model", None)
     if model.arch.family != "dino" or vit is None or not hasattr(vit, "dynamic_img_size"):
-        raise InputError(f"{model.name}: --resolution full needs a DINO / timm ViT (position embeddings resampled "
-                         f"per image); this is a {model.arch.family} model, use --resolution model")
+        raise InputError(f"{model.name}: --resolution full needs a DINO, torchvision or OpenCLIP ViT "
+                         f"(position embeddings resampled per image); this is a {model.arch.family} model, use "
+                         "--resolution model")
     if getattr(vit, "pos_embed", None) is None:
         raise InputError(f"{model.name}: no absolute position embedding to resample for --resolution full")
     from timm.layers import Format
@@ -58,7 +75,7 @@ def full_resolution(model: LoadedModel) -> LoadedModel:
     pe.strict_img_size = False
     pe.flatten = False
     pe.output_fmt = Format.NHWC
-    return replace(model, transform=full_padded(model.transform, model.arch.patch_size))
+    return replace(model, transform=transform)
 
 
 def uses_store(model: LoadedModel) -> bool:

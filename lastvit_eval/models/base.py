@@ -117,6 +117,12 @@ class Backbone(nn.Module):
         """The model's own attention-pool head on `tokens(x)` (pooling `map`); None without one."""
         return None
 
+    def at_full_resolution(self) -> Backbone | None:
+        """A backbone sharing these weights whose `tokens` take any input whose sides are multiples of the patch,
+        the position embeddings resampled per forward to that grid with the family's own library interpolation
+        (`--resolution full`, engine/full_res.py); None where the family has no such mode here."""
+        return None
+
 
 @dataclass
 class LoadedModel:

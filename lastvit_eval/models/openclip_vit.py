@@ -12,6 +12,17 @@ QuickGELU rule (OpenAI trained with QuickGELU, OpenCLIP defaults to GELU; the we
 3. OpenCLIP training checkpoint -> QuickGELU iff its run `name` contains "quickgelu" (open_clip's default
    run name embeds the model name, e.g. `...-model_ViT-B-32-quickgelu-...`);
 4. otherwise GELU (open_clip's default). The decision is recorded in the key report.
+
+Full resolution (`--resolution full`, `OpenCLIPBackbone.at_full_resolution`): open_clip resamples position
+embeddings only when loading, with `open_clip.model.resize_pos_embed` (state dict -> the model's square
+`grid_size`). `resample_positional_embedding` is that function generalised to a grid (gh, gw): one class-token
+row kept as is, the patch rows reshaped [1, D, g, g] and resampled with the same call,
+`F.interpolate(size=(gh, gw), mode="bicubic", antialias=True, align_corners=False)` (antialias acts when
+shrinking), flattened row-major after the class row. It differs in that the target may be non-square, it
+runs per forward on the loaded parameter (in float32, cast back to the parameter's dtype), and it skips the
+call when (gh, gw) equals the native grid, where open_clip skips when the token count is unchanged (which
+would leave, say, a 2x8 grid on a 4x4 table unresized). The forward is open_clip's `_embeds` (conv1, class
+token, position table, patch dropout, ln_pre) with the resampled table, then `transformer` and `ln_post`.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import re
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from ..data.transform import clip_vit
 from ..errors import InputError
@@ -177,18 +189,48 @@ def clip_kwargs(sd: dict) -> dict:
             "nonscalar_logit_scale": scale is not None and scale.ndim > 0}
 
 
+def resample_positional_embedding(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """`visual.positional_embedding` [1 + g*g, D] -> [1 + gh*gw, D]: `resize_pos_embed` for (gh, gw)."""
+    g = round((pos.shape[0] - 1) ** 0.5)
+    gh, gw = grid
+    if (gh, gw) == (g, g):
+        return pos
+    img = pos[1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)
+    img = F.interpolate(img.float(), size=(gh, gw), mode="bicubic", antialias=True, align_corners=False)
+    return torch.cat([pos[:1], img.to(pos.dtype).permute(0, 2, 3, 1).reshape(gh * gw, -1)], dim=0)
+
+
 class OpenCLIPBackbone(Backbone):
     """The vision tower seen as tokens -> pool -> `visual.proj`; the text tower stays on `self.clip`."""
 
-    def __init__(self, model: CLIP, details: dict) -> None:
+    def __init__(self, model: CLIP, details: dict, full_resolution: bool = False) -> None:
         super().__init__()
         self.clip = model
         self.details = details
         self.num_prefix_tokens = 1
+        self.full_resolution = full_resolution
+
+    def at_full_resolution(self) -> OpenCLIPBackbone:
+        return OpenCLIPBackbone(self.clip, self.details, full_resolution=True)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         v = self.clip.visual
+        if self.full_resolution:
+            return v.ln_post(v.transformer(self._full_res_embeds(x)))
         return v.ln_post(v.transformer(v._embeds(x)))  # what open_clip's _pool sees, before pooling
+
+    def _full_res_embeds(self, x: torch.Tensor) -> torch.Tensor:
+        """open_clip's `VisionTransformer._embeds` with the position table resampled to the input's grid."""
+        v = self.clip.visual
+        p = v.conv1.stride[-1]
+        if x.shape[-2] % p or x.shape[-1] % p:
+            raise ValueError(f"full resolution: input {tuple(x.shape[-2:])} is not a multiple of the patch {p}")
+        x = v.conv1(x)
+        n, d, gh, gw = x.shape
+        x = x.reshape(n, d, gh * gw).permute(0, 2, 1)
+        x = torch.cat([v.class_embedding.view(1, 1, -1).expand(n, -1, -1).to(x.dtype), x], dim=1)
+        x = x + resample_positional_embedding(v.positional_embedding, (gh, gw)).to(x.dtype)
+        return v.ln_pre(v.patch_dropout(x))
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         proj = self.clip.visual.proj

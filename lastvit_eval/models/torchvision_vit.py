@@ -1,4 +1,18 @@
-"""Label-supervised torchvision ViTs: plain state dicts, detectron2 {'model': ...} wrappers, DDP prefixes."""
+"""Label-supervised torchvision ViTs: plain state dicts, detectron2 {'model': ...} wrappers, DDP prefixes.
+
+Full resolution (`--resolution full`, `TorchvisionBackbone.at_full_resolution`): torchvision's
+`VisionTransformer` asserts a square input of its `image_size`, and its only resampling is
+`torchvision.models.vision_transformer.interpolate_embeddings`, applied once to a state dict for a square
+`image_size`. `resample_pos_embedding` is that function generalised to a grid (gh, gw): the class-token row is
+kept as is, the patch rows are reshaped to the native g x g grid and resampled with the same call,
+`F.interpolate(size=(gh, gw), mode="bicubic", align_corners=True)`, then flattened row-major and put after the
+class row. It differs in three stated ways: the target may be non-square; it runs per forward on the loaded
+parameter (computed in float32 and cast back to the parameter's dtype; fp32 weights: the same numbers) instead
+of once on a state dict; and it skips the call when (gh, gw) equals the native grid, where torchvision skips
+when the token count is unchanged (the same for square grids). The forward is torchvision's own
+(`_process_input` without its size assertion, the class token, `encoder.dropout`, `encoder.layers`,
+`encoder.ln`), so the hooks of `engine/internals.py` see the same blocks.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +21,7 @@ import re
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from ..data.transform import torchvision_vit
 from ..errors import InputError
@@ -104,18 +119,44 @@ def _resize(model: VisionTransformer, arch: ArchSpec, size: int | None, source: 
     return dataclasses.replace(arch, image_size=size, native_image_size=arch.image_size)
 
 
+def resample_pos_embedding(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """`encoder.pos_embedding` [1, 1 + g*g, D] -> [1, 1 + gh*gw, D]: `interpolate_embeddings` for (gh, gw)."""
+    _, seq, dim = pos.shape
+    g = math.isqrt(seq - 1)
+    gh, gw = grid
+    if (gh, gw) == (g, g):
+        return pos
+    img = pos[:, 1:, :].permute(0, 2, 1).reshape(1, dim, g, g)
+    img = F.interpolate(img.float(), size=(gh, gw), mode="bicubic", align_corners=True).to(pos.dtype)
+    return torch.cat([pos[:, :1, :], img.reshape(1, dim, gh * gw).permute(0, 2, 1)], dim=1)
+
+
 class TorchvisionBackbone(Backbone):
-    def __init__(self, model: VisionTransformer, has_head: bool) -> None:
+    def __init__(self, model: VisionTransformer, has_head: bool, full_resolution: bool = False) -> None:
         super().__init__()
         self.model = model
         self.has_head = has_head
         self.num_prefix_tokens = 1
+        self.full_resolution = full_resolution
+
+    def at_full_resolution(self) -> TorchvisionBackbone:
+        return TorchvisionBackbone(self.model, self.has_head, full_resolution=True)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         m = self.model
-        x = m._process_input(x)
-        cls = m.class_token.expand(x.shape[0], -1, -1)
-        return m.encoder(torch.cat([cls, x], dim=1))  # encoder ends with its LayerNorm (encoder.ln)
+        if not self.full_resolution:
+            x = m._process_input(x)
+            cls = m.class_token.expand(x.shape[0], -1, -1)
+            return m.encoder(torch.cat([cls, x], dim=1))  # encoder ends with its LayerNorm (encoder.ln)
+        p = m.patch_size
+        if x.shape[-2] % p or x.shape[-1] % p:
+            raise ValueError(f"full resolution: input {tuple(x.shape[-2:])} is not a multiple of the patch {p}")
+        x = m.conv_proj(x)  # _process_input, without its image_size assertion
+        n, _, gh, gw = x.shape
+        x = x.reshape(n, m.hidden_dim, gh * gw).permute(0, 2, 1)
+        x = torch.cat([m.class_token.expand(n, -1, -1), x], dim=1)
+        enc = m.encoder  # Encoder.forward with the resampled table
+        return enc.ln(enc.layers(enc.dropout(x + resample_pos_embedding(enc.pos_embedding, (gh, gw)))))
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor | None:
         return self.model.heads(pooled) if self.has_head else None
