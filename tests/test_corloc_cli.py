@@ -285,11 +285,11 @@ def test_full_resolution_tokens_equal_timms_dynamic_model(ckpt, devkit):
 def test_bad_inputs_exit_2_before_any_forward(devkit, coco, ckpt, tmp_path, forwarded):
     import timm
 
-    torch.manual_seed(1)  # a timm-family ViT (named by its pretrained_cfg): no full-resolution mode here
-    other = tmp_path / "timm_vit.pth"
-    torch.save({"state_dict": timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0,
-                                                img_size=32).state_dict(),
-                "pretrained_cfg": {"architecture": "vit_tiny_patch16_224"}}, other)
+    torch.manual_seed(1)  # a timm-family EVA02 (named by its pretrained_cfg): rotary tables, no full resolution
+    other = tmp_path / "timm_eva.pth"
+    torch.save({"state_dict": timm.create_model("eva02_tiny_patch14_224", pretrained=False, num_classes=0,
+                                                img_size=28).state_dict(),
+                "pretrained_cfg": {"architecture": "eva02_tiny_patch14_224"}}, other)
     bad_list = tmp_path / "bad_list.txt"
     bad_list.write_text("train2014/COCO_train2014_000000000099.jpg\n")
     missing = tmp_path / "coco_missing"
@@ -320,7 +320,7 @@ def test_bad_inputs_exit_2_before_any_forward(devkit, coco, ckpt, tmp_path, forw
         assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
     r = runner.invoke(app, ["corloc", "-c", str(other), *voc, "--method", "dino-seg", "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "--resolution full needs a DINO, torchvision or OpenCLIP ViT" in r.output, r.output
-    assert "this is a timm model" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert "its family is timm" in r.output and len(r.output.strip().splitlines()) == 1, r.output
     seg = devkit / "VOCdevkit" / "VOC2007" / "ImageSets" / "Segmentation"
     seg.mkdir()
     (seg / "val.txt").write_text("000005\n")
@@ -328,3 +328,28 @@ def test_bad_inputs_exit_2_before_any_forward(devkit, coco, ckpt, tmp_path, forw
                             "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "run it alone" in r.output, r.output
     assert forwarded == []
+
+
+@pytest.mark.parametrize("name,padded", [("vit_tiny_patch16_224", (48, 64)),
+                                         ("vit_small_patch14_reg4_dinov2", (56, 70))])
+def test_full_resolution_timm_family_equals_timms_dynamic_model(devkit, tmp_path, name, padded):  # noqa: F811
+    """A timm-family ViT file (plain, or DINOv2-style with 4 registers) at full resolution is timm's own
+    dynamic_img_size forward on the padded image, as for DINO files."""
+    import timm
+
+    from lastvit_eval.engine.full_res import full_resolution
+    from lastvit_eval.models import load_model
+
+    torch.manual_seed(3)
+    kw = dict(pretrained=False, num_classes=0, img_size=padded[0] // 2 if "14" in name else 32)
+    src = timm.create_model(name, **kw).eval()
+    path = tmp_path / "timm_vit.pth"
+    torch.save({"state_dict": src.state_dict(), "pretrained_cfg": {"architecture": name}}, path)
+    model = full_resolution(load_model(path))
+    ref = timm.create_model(name, dynamic_img_size=True, **kw).eval()
+    ref.load_state_dict(src.state_dict())
+    img = devkit / "VOCdevkit" / "VOC2007" / "JPEGImages" / "000005.jpg"
+    x = model.transform.normalize(model.transform.pixels(Image.open(img).convert("RGB"))[None])
+    assert tuple(x.shape[-2:]) == padded  # 47 x 61 padded to the patch
+    with torch.no_grad():
+        assert (model.backbone.tokens(x) - ref.forward_features(x)).abs().max() < 1e-5

@@ -103,6 +103,13 @@ def test_full_res_is_an_explicit_copy(tv_ckpt, clip_ckpt):
         assert full_resolution(full) is full
     with pytest.raises(AssertionError):  # torchvision's own check: the native backbone takes no other size
         load_model(tv_ckpt).backbone.tokens(torch.randn(1, 3, 48, 48))
+    # --image-size already resampled the table once: full resolution refuses rather than resample it again
+    from lastvit_eval.errors import InputError
+    from lastvit_eval.models import LoadOptions
+
+    for ckpt in (tv_ckpt, clip_ckpt):
+        with pytest.raises(InputError, match=r"drop --image-size 48 \(it would resample a resampled table\)"):
+            full_resolution(load_model(ckpt, LoadOptions(image_size=48)))
 
 
 def _tv_pos(pos: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
