@@ -318,6 +318,10 @@ def test_bad_inputs_exit_2_before_any_forward(devkit, coco, ckpt, tmp_path, forw
                           ["corloc", "-c", str(ckpt), *args, "-o", str(tmp_path / "o"), "--no-progress"])
         assert r.exit_code == 2 and msg in r.output, (args, r.output)
         assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    r = runner.invoke(app, ["corloc", "-c", str(ckpt), *voc, "--method", "lost", "--image-size", "48", "-o",
+                            str(tmp_path / "o")])  # lost defaults to full resolution
+    assert r.exit_code == 2 and "drop --image-size 48" in r.output and "--resolution model" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
     r = runner.invoke(app, ["corloc", "-c", str(other), *voc, "--method", "dino-seg", "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "--resolution full needs a DINO, torchvision or OpenCLIP ViT" in r.output, r.output
     assert "its family is timm" in r.output and len(r.output.strip().splitlines()) == 1, r.output

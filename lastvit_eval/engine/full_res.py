@@ -60,7 +60,7 @@ def full_resolution(model: LoadedModel) -> LoadedModel:
     if model.arch.native_image_size is not None:  # the table was already resampled once for --image-size
         raise InputError(f"{model.name}: --resolution full resamples the position embeddings per image from the "
                          f"trained {model.arch.native_image_size} px table; drop --image-size "
-                         f"{model.arch.image_size} (it would resample a resampled table)")
+                         f"{model.arch.image_size} (it would resample a resampled table), or keep it with --resolution model")
     transform = full_padded(model.transform, model.arch.patch_size)
     if model.arch.family in ("torchvision", "openclip"):
         backbone = model.backbone.at_full_resolution()  # None for CLIP towers that are not open_clip ViTs
