@@ -379,8 +379,8 @@ def _check_internal_taps(evaluators, model: LoadedModel | None) -> None:
         last = [t for t in wanted if t in ("keys", "values", "cls_attn")]
         why = unreadable_attention(model.backbone) if last and model is not None else None
         if why:
-            raise InputError(f"{e.name}: needs {', '.join(last)} of the last block, and {model.name} ({model.arch.name}) "
-                             f"has {why}")
+            raise InputError(f"{e.name}: needs {', '.join(last)} of the last block, and {model.name} "
+                             f"({model.arch.name}) has {why}")
         if "cls_attn" in wanted and model is not None and not model.has_class_token:
             raise InputError(f"{e.name}: needs the CLS attention, and {model.name} has no class token")
 

@@ -14,8 +14,8 @@ e.g. CorLoc's keys -> one box per image) and keeps only the small per-image resu
 Position embeddings: each family follows its own library's resampling, per forward, to the padded grid
 (gh, gw) = (ceil(h/p), ceil(w/p)); the switch is explicit (`full_resolution`), never a silent resize.
 
-* DINO, DINOv2 and timm files whose model is a plain timm `VisionTransformer`: its timm `VisionTransformer` is switched to `dynamic_img_size` mode, in which
-  timm resamples `pos_embed` per forward with `resample_abs_pos_embed` (bicubic, `F.interpolate(size=grid)`,
+* DINO, DINOv2 and timm files whose model is a plain timm `VisionTransformer`: the model is switched to
+  `dynamic_img_size` mode, in which timm resamples `pos_embed` per forward with `resample_abs_pos_embed` (bicubic, `F.interpolate(size=grid)`,
   antialias, which acts only when shrinking). DINO's own `interpolate_pos_encoding` is bicubic too, but passes
   `scale_factor=((h0 + 0.1) / g, (w0 + 0.1) / g)`, so its sample positions differ from timm's by under 0.1 / g
   of a patch: a small, stated difference.
@@ -51,8 +51,8 @@ def is_full_res(model: LoadedModel) -> bool:
 def full_resolution(model: LoadedModel) -> LoadedModel:
     """`model` with a full-padded transform and a backbone that takes any multiple of the patch size.
 
-    DINO / DINOv2 / timm (a plain timm VisionTransformer): the timm model is switched in place (the flags `dynamic_img_size` sets at construction); the plan
-    uses one model per run, and a run at full resolution has no other evaluator (checked in plan.py).
+    DINO / DINOv2 / timm (a plain timm VisionTransformer): the timm model is switched in place (the flags
+    `dynamic_img_size` sets at construction); the plan uses one model per run, and a run at full resolution has no other evaluator (checked in plan.py).
     torchvision / OpenCLIP: a full-resolution backbone sharing the loaded weights replaces the backbone.
     """
     if is_full_res(model):
@@ -60,7 +60,8 @@ def full_resolution(model: LoadedModel) -> LoadedModel:
     if model.arch.native_image_size is not None:  # the table was already resampled once for --image-size
         raise InputError(f"{model.name}: --resolution full resamples the position embeddings per image from the "
                          f"trained {model.arch.native_image_size} px table; drop --image-size "
-                         f"{model.arch.image_size} (it would resample a resampled table), or keep it with --resolution model")
+                         f"{model.arch.image_size} (it would resample a resampled table), or keep it with "
+                         "--resolution model")
     transform = full_padded(model.transform, model.arch.patch_size)
     if model.arch.family in ("torchvision", "openclip"):
         backbone = model.backbone.at_full_resolution()  # None for CLIP towers that are not open_clip ViTs
@@ -73,9 +74,8 @@ def full_resolution(model: LoadedModel) -> LoadedModel:
     # prefix tokens its _pos_embed handles); subclasses such as EVA (rotary tables) are not switched
     if model.arch.family not in ("dino", "dinov2", "timm") or type(vit) is not VisionTransformer:
         raise InputError(f"{model.name}: --resolution full needs a DINO, torchvision or OpenCLIP ViT "
-                         f"(position embeddings resampled per image); its family is {model.arch.family} (a CLIP tower other "
-                         f"than an open_clip ViT is not one), use "
-                         "--resolution model")
+                         f"(position embeddings resampled per image); its family is {model.arch.family} (a CLIP "
+                         "tower other than an open_clip ViT is not one), use --resolution model")
     if getattr(vit, "pos_embed", None) is None:
         raise InputError(f"{model.name}: no absolute position embedding to resample for --resolution full")
     from timm.layers import Format

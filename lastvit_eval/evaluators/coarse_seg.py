@@ -6,8 +6,8 @@ upsampled bilinearly (align_corners=False) to the evaluated crop, thresholded (`
 20 classes) and background, ignore label 255 excluded. Intersections and unions are summed over images
 before dividing; the mean of foreground and background IoU is `coarse_seg.<threshold>.miou`, with a
 bootstrap interval over images. Per-image rows (`coarse_seg_rows.csv`) hold, per threshold, the four counts
-and that image's `fg_iou`, `bg_iou`, `miou` in percent (NaN where a union is 0; `miou` NaN if either is). The mask goes through the same Resize + CenterCrop as the pixels
-(nearest), so the score is measured inside the crop the model saw. The paper does not publish its
+and that image's `fg_iou`, `bg_iou`, `miou` in percent (NaN where a union is 0; `miou` NaN if either is).
+The mask goes through the same Resize + CenterCrop as the pixels (nearest), so the score is measured inside the crop the model saw. The paper does not publish its
 threshold (nor the VOC12 split; this uses the Segmentation `val` set unless `--image-set` says otherwise).
 """
 

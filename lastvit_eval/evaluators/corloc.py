@@ -18,9 +18,9 @@ published numbers use it; `model` is the model's Resize + CenterCrop, the defaul
 earlier results and stored features stay comparable): pass `--resolution full` to compare LAST with LOST
 on one protocol. Streaming: `reduce` turns each image's tap into its box ([4], NaN: no box) as images are
 forwarded (extraction keeps the boxes only: full-resolution keys of a whole split, ~3 GB for VOC07 with
-ViT-S/16, are never held at once); `evaluate` takes boxes or taps. Boxes go back to original pixels: full -> scaled by the patch, x1/y1 clipped to the image
-(`lost`, `last-votes`) or not clipped (`dino-seg`, as LOST's `dino_seg`); model -> through the inverse of the
-crop, clipped.
+ViT-S/16, are never held at once); `evaluate` takes boxes or taps. Boxes go back to original pixels:
+full -> scaled by the patch, x1/y1 clipped to the image (`lost`, `last-votes`) or not clipped (`dino-seg`,
+as LOST's `dino_seg`); model -> through the inverse of the crop, clipped.
 """
 
 from __future__ import annotations

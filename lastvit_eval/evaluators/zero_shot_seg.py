@@ -2,8 +2,8 @@
 
 Dense CLIP patch embeddings (`--dense plain`: the final tokens after `ln_post` through `proj`, the
 paper's setting; `--dense maskclip`: MaskCLIP's last block, value path plus residual and MLP, the usual
-training-free baseline; `--dense value`: the bare value embedding, no residual, no MLP) are compared by cosine with a text classifier of the dataset's class names (with synonyms) x OpenAI's 80
-templates, over 224x224 sliding windows (stride 112) of the image resized per dataset; see
+training-free baseline; `--dense value`: the bare value embedding, no residual, no MLP) are compared by
+cosine with a text classifier of the dataset's class names (with synonyms) x OpenAI's 80 templates, over 224x224 sliding windows (stride 112) of the image resized per dataset; see
 `segmentation/` and the README section "Zero-shot segmentation".
 
 Shape of the data flow: this evaluator declares `dense = True` and hands the engine a `DenseRequest`

@@ -31,7 +31,6 @@ import re
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from ..data.transform import clip_vit
 from ..errors import InputError
@@ -191,13 +190,11 @@ def clip_kwargs(sd: dict) -> dict:
 
 def resample_positional_embedding(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """`visual.positional_embedding` [1 + g*g, D] -> [1 + gh*gw, D]: `resize_pos_embed` for (gh, gw)."""
-    g = round((pos.shape[0] - 1) ** 0.5)
-    gh, gw = grid
-    if (gh, gw) == (g, g):
-        return pos
-    img = pos[1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)
-    img = F.interpolate(img.float(), size=(gh, gw), mode="bicubic", antialias=True, align_corners=False)
-    return torch.cat([pos[:1], img.to(pos.dtype).permute(0, 2, 3, 1).reshape(gh * gw, -1)], dim=0)
+    from .resolution import resample_grid_rows
+
+    native = pos[1:]
+    rows = resample_grid_rows(native, grid, antialias=True, align_corners=False)
+    return pos if rows is native else torch.cat([pos[:1], rows], dim=0)
 
 
 class OpenCLIPBackbone(Backbone):

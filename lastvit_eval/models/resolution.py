@@ -9,6 +9,10 @@ that crop 224 from 256, N for CLIP's resize == crop).
 from __future__ import annotations
 
 import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
 
 from ..data.transform import TransformSpec
 from ..errors import InputError
@@ -39,3 +43,17 @@ def timm_set_size(model, size: int, source: str) -> list[str]:
     new = tuple(model.patch_embed.grid_size)
     return [f"position embeddings resampled {old[0]}x{old[1]} -> {new[0]}x{new[1]} for {size}px "
             "(timm set_input_size / resample_abs_pos_embed, bicubic, antialiased)"]
+
+
+def resample_grid_rows(rows: torch.Tensor, grid: tuple[int, int], **interpolate) -> torch.Tensor:
+    """Patch rows of a square position table [g*g, D] -> [gh*gw, D], resampled on the 2-D grid with
+    `F.interpolate(size=(gh, gw), mode="bicubic", **interpolate)` in float32 and cast back; row-major, as
+    torchvision's `interpolate_embeddings` and open_clip's `resize_pos_embed` lay them out (each family passes
+    its own `align_corners` / `antialias`). The rows are returned as they are when (gh, gw) is the native grid."""
+    g = math.isqrt(rows.shape[0])
+    gh, gw = grid
+    if (gh, gw) == (g, g):
+        return rows
+    img = rows.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()
+    img = F.interpolate(img, size=(gh, gw), mode="bicubic", **interpolate)
+    return img.to(rows.dtype).permute(0, 2, 3, 1).reshape(gh * gw, -1)

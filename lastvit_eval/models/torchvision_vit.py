@@ -21,7 +21,6 @@ import re
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from ..data.transform import torchvision_vit
 from ..errors import InputError
@@ -121,14 +120,11 @@ def _resize(model: VisionTransformer, arch: ArchSpec, size: int | None, source: 
 
 def resample_pos_embedding(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """`encoder.pos_embedding` [1, 1 + g*g, D] -> [1, 1 + gh*gw, D]: `interpolate_embeddings` for (gh, gw)."""
-    _, seq, dim = pos.shape
-    g = math.isqrt(seq - 1)
-    gh, gw = grid
-    if (gh, gw) == (g, g):
-        return pos
-    img = pos[:, 1:, :].permute(0, 2, 1).reshape(1, dim, g, g)
-    img = F.interpolate(img.float(), size=(gh, gw), mode="bicubic", align_corners=True).to(pos.dtype)
-    return torch.cat([pos[:, :1, :], img.reshape(1, dim, gh * gw).permute(0, 2, 1)], dim=1)
+    from .resolution import resample_grid_rows
+
+    native = pos[0, 1:]
+    rows = resample_grid_rows(native, grid, align_corners=True)
+    return pos if rows is native else torch.cat([pos[:, :1], rows[None]], dim=1)
 
 
 class TorchvisionBackbone(Backbone):

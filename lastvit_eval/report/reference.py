@@ -10,7 +10,8 @@ dataset[, CorLoc method]) with the baseline and the LaSt value. A measured row i
   `ResNet-<depth>`;
 * dataset from the recorded data source: ImageNet-1k val only for a 1000-class ImageNet-style split (a
   subset is not the published protocol), `voc07-trainval` / `voc12-trainval` / `voc12-val` from a VOC
-  devkit path, `coco20k` only when the COCO image list held LOST's 19,817 ids (same sorted-id digest), the segmentation benchmark's name for zero-shot-seg;
+  devkit path, `coco20k` only when the COCO image list held LOST's 19,817 ids (same sorted-id digest), the
+  segmentation benchmark's name for zero-shot-seg;
 * CorLoc rows also on the method.
 
 Both published values are shown (baseline and LaSt): which one a run should be read against depends on
