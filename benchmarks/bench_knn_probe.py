@@ -186,19 +186,20 @@ def probe_section(xtr, ytr, xte, yte, a) -> list[str]:
         "| Linear probe (train rows " + f"{a.n_train})" + " | min / median / max wall time | chosen weight decay "
         "| test top-1 |",
         "|---|---|---|---|",
-        f"| ours ({info['solver']}, {info['precision_used']} passes, relative gradient tolerance {info['tol']:g}): "
+        f"| ours ({info['solver']}, {info['precision_used']} passes, relative gradient tolerance "
+        f"{info['selection_tol']:g} on the path, {info['tol']:g} for the refit): "
         f"path over {info['n_candidates']} weight decays on a {info['holdout_fraction']} hold-out split, refit, "
-        f"CIs ({info['passes_total']} passes over the rows in all) | {spread(times)} | "
+        f"CIs ({info['passes_total']:g} passes over the rows in all) | {spread(times)} | "
         f"{info['chosen_weight_decay']:g} | {top1:.2f} |",
     ]
     sel = {x["weight_decay"]: x for x in info["selection"]}
     if a.no_sklearn:
         cand = ["| weight decay | hold-out top-1 | iterations | passes | max abs gradient (relative) | stop |",
                 "|---|---|---|---|---|---|"]
-        cand += [f"| {w:g} | {sel[w]['holdout_top1']:.2f} | {sel[w]['iterations']} | {sel[w]['passes']} | "
+        cand += [f"| {w:g} | {sel[w]['holdout_top1']:.2f} | {sel[w]['iterations']} | {sel[w]['passes']:g} | "
                  f"{sel[w]['grad_max']:.2e} ({sel[w]['grad_rel']:.1e}) | {sel[w]['stop']} |" for w in wds]
         cand.append(f"| refit at {info['chosen_weight_decay']:g} | | {info['refit_iterations']} | "
-                    f"{info['refit_passes']} | {info['refit_grad_max']:.2e} ({info['refit_grad_rel']:.1e}) | "
+                    f"{info['refit_passes']:g} | {info['refit_grad_max']:.2e} ({info['refit_grad_rel']:.1e}) | "
                     f"{info['refit_stop']} |")
         text = "\n".join(head).replace("{load1}", load())
         return [text, "", *cand, "", f"- Peak RSS above the data during our probe: {mem.delta_mb:.0f} MB.",
@@ -212,6 +213,10 @@ def probe_section(xtr, ytr, xte, yte, a) -> list[str]:
     one_s, r_one = min((o for o, _ in one), key=lambda t: t[0])
     sk_one = min((s for _, s in one), key=lambda s: s["seconds"])
     one_top1 = r_one.metrics["linear_probe.top1"].value
+    # what a converged solver scores: the chosen objective solved in fp32 to 1e-3 relative (the test top-1 of
+    # its optimum, to within fp32), once: the reference for "no lower than scikit-learn's" at the 1-image level
+    opt_s, r_opt = ours(xtr, ytr, xte, yte, weight_decays=(wd,), precision="fp32", tol=1e-3)
+    opt_top1 = r_opt.metrics["linear_probe.top1"].value
     load1 = load()
     speed, delta = sk["seconds"] / lp_s, top1 - sk["top1"]
     med_speed = float(np.median(sk_times)) / float(np.median(times))
@@ -223,12 +228,12 @@ def probe_section(xtr, ytr, xte, yte, a) -> list[str]:
         "| scikit-learn: hold-out top-1 | n_iter_ | max abs gradient on our objective (relative) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    cand += [f"| {w:g} | {sel[w]['holdout_top1']:.2f} | {sel[w]['iterations']} | {sel[w]['passes']} | "
+    cand += [f"| {w:g} | {sel[w]['holdout_top1']:.2f} | {sel[w]['iterations']} | {sel[w]['passes']:g} | "
              f"{sel[w]['grad_max']:.2e} ({sel[w]['grad_rel']:.1e}) | {sel[w]['stop']} | {sk['holdout'][w]:.2f} | "
              f"{sk['iterations'][w]} | {grads['grad_rel'][w] * grads['grad_scale']:.2e} "
              f"({grads['grad_rel'][w]:.1e}) |" for w in wds]
     cand.append(f"| refit at {wd:g} (ours) / {sk['chosen']:g} (scikit-learn) | | {info['refit_iterations']} | "
-                f"{info['refit_passes']} | {info['refit_grad_max']:.2e} ({info['refit_grad_rel']:.1e}) | "
+                f"{info['refit_passes']:g} | {info['refit_grad_max']:.2e} ({info['refit_grad_rel']:.1e}) | "
                 f"{info['refit_stop']} | | {sk['refit_iterations']} | |")
     return [
         "\n".join(head).replace("{load1}", load1),
@@ -238,9 +243,12 @@ def probe_section(xtr, ytr, xte, yte, a) -> list[str]:
         f"iterations in all), refit warm-started ({sk['refit_iterations']} iterations), no CIs "
         f"| {spread(sk_times)} | {sk['chosen']:g} | {sk['top1']:.2f} |",
         f"| ours, one fit at weight decay {wd:g} from zero ({r_one.info['refit_iterations']} iterations, "
-        f"{r_one.info['refit_passes']} passes) | {one_s:.1f} s (fastest) | {wd:g} | {one_top1:.2f} |",
+        f"{r_one.info['refit_passes']:g} passes) | {one_s:.1f} s (fastest) | {wd:g} | {one_top1:.2f} |",
         f"| scikit-learn, one fit at C = 1/({wd:g} n) from zero ({sk_one['iterations']} iterations) "
         f"| {sk_one['seconds']:.1f} s (fastest) | {wd:g} | {sk_one['top1']:.2f} |",
+        f"| the optimum: one fit at weight decay {wd:g}, fp32 passes, relative gradient "
+        f"{r_opt.info['refit_grad_rel']:.1e} ({r_opt.info['refit_iterations']} iterations) | {opt_s:.1f} s (one run) "
+        f"| {wd:g} | {opt_top1:.2f} |",
         "",
         "Per candidate on the selection path (hold-out fit rows), strongest penalty first; the gradient is that "
         "of the penalized mean cross-entropy, relative to its max at W = 0 (the same for every candidate):",
@@ -251,6 +259,8 @@ def probe_section(xtr, ytr, xte, yte, a) -> list[str]:
         f"{pairs}), test top-1 "
         f"{delta:+.2f} points** (goal: >= 5x at a test top-1 no lower than scikit-learn's: "
         f"**{'met' if met else 'not met'}**).",
+        f"- Test set: {len(yte):,} images, so one image is {100 / len(yte):.2f} points; the objective's optimum scores "
+        f"{opt_top1:.2f} (ours {top1 - opt_top1:+.2f}, scikit-learn's {sk['top1'] - opt_top1:+.2f} from it).",
         f"- One fit at the chosen weight decay: {sk_one['seconds'] / one_s:.1f}x faster, "
         f"{one_top1 - sk_one['top1']:+.2f} points.",
         f"- Peak RSS above the data during our probe: {mem.delta_mb:.0f} MB. Every time excludes one-time imports "

@@ -134,34 +134,43 @@ def test_grid_selection_matches_sklearn_accuracy(solver):
 
 
 def test_holdout_is_carved_from_train_only_lbfgs(monkeypatch):
-    """Spy on every feature array the solver sees: test features appear only in the final scoring call."""
+    """Spy on every feature array the solver reads (all are standardized through Standardizer.transform, or
+    scored by LinearHead.logits): test features appear only in the final scoring call, and the refit's
+    objective holds every training row once."""
     xtr, ytr, xte, yte = _blobs(n_train=400, n_test=200)
     yte = np.random.default_rng(5).permutation(yte)  # adversarial: selection on test would score noise
     test_rows = {tuple(r) for r in np.round(xte, 5)}
     train_rows = {tuple(r) for r in np.round(xtr, 5)}
-    seen = []
-    real_init, real_logits = logreg_lbfgs.Objective.__init__, logreg_lbfgs.LinearHead.logits
+    seen, extended = [], []
+    real_transform, real_logits = Standardizer.transform, logreg_lbfgs.LinearHead.logits
+    real_extend = logreg_lbfgs.Objective.extend
 
-    def spy_init(self, x, y, *a, rows=None, **k):
-        seen.append(("fit", (x if rows is None else x[rows]).numpy().copy()))
-        real_init(self, x, y, *a, rows=rows, **k)
+    def spy_transform(self, x, *a, rows=None, **k):
+        seen.append(("standardize", (x if rows is None else x[rows]).numpy().copy()))
+        return real_transform(self, x, *a, rows=rows, **k)
 
     def spy_logits(self, x, *a, **k):
         seen.append(("logits", x.numpy().copy()))
         return real_logits(self, x, *a, **k)
 
-    monkeypatch.setattr(logreg_lbfgs.Objective, "__init__", spy_init)
+    def spy_extend(self, xs, y, *a, **k):
+        real_extend(self, xs, y, *a, **k)
+        extended.append(self.n)
+
+    monkeypatch.setattr(Standardizer, "transform", spy_transform)
     monkeypatch.setattr(logreg_lbfgs.LinearHead, "logits", spy_logits)
+    monkeypatch.setattr(logreg_lbfgs.Objective, "extend", spy_extend)
     res = linear_probe.evaluate(xtr, ytr, xte, yte, weight_decays=(0.0, 1e-2), holdout_fraction=0.2, device="cpu")
     kinds = [k for k, _ in seen]
-    assert kinds == ["fit", "logits", "logits", "fit", "logits"]  # path fit, 2 hold-out scores, refit, test
-    for _, x in seen[:4]:
+    assert kinds == ["standardize", "standardize", "logits"]  # fit rows, hold-out rows, then test
+    for _, x in seen[:2]:
         rows = {tuple(r) for r in np.round(x, 5)}
         assert rows <= train_rows and not rows & test_rows
-    assert len(seen[0][1]) + len(seen[1][1]) == len(xtr)
-    np.testing.assert_array_equal(seen[1][1], seen[2][1])
-    assert len(seen[3][1]) == len(xtr)  # refit on the whole training split
-    np.testing.assert_array_equal(seen[4][1], xte)
+    fit, hold = ({tuple(r) for r in np.round(x, 5)} for _, x in seen[:2])
+    assert not fit & hold and len(seen[0][1]) + len(seen[1][1]) == len(xtr)
+    assert len(seen[1][1]) == linear_probe.stratified_holdout(ytr, 0.2, 0).sum()  # floor(0.2 n_c) per class
+    assert extended == [len(seen[0][1]), len(xtr)]  # the path's objective, then the refit's: the whole split
+    np.testing.assert_array_equal(seen[2][1], xte)
     assert res.info["holdout_fraction"] == 0.2
 
 
@@ -283,3 +292,48 @@ def test_moments_combine_and_class_sums_match_numpy():
     sums = np.stack([xs[y == c].sum(0) for c in range(6)])
     np.testing.assert_allclose(both.standardized_class_sums(sc).double().numpy(), sums, atol=1e-2, rtol=1e-4)
     assert both.n == 5000 and both.class_counts.tolist() == np.bincount(y, minlength=6).tolist()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_refit_after_selection_is_sklearn_refit_on_all_rows(precision):
+    """The refit is solved in the hold-out fit rows' standardized space with per-feature penalty weights
+    (s_all / s_fit)^2; its head must be scikit-learn's LogisticRegression on ALL training rows standardized by
+    StandardScaler, at C = 1/(wd n). The hold-out rows are shifted and stretched on 6 features so that the two
+    spaces differ (an unweighted penalty would give another head)."""
+    xtr, ytr, xte, yte = _blobs(n_train=1200, n_test=600, seed=4)
+    hold = linear_probe.stratified_holdout(ytr, 0.25, 0)
+    xtr[np.ix_(hold, np.arange(6))] = xtr[np.ix_(hold, np.arange(6))] * 3.0 + 2.0
+    xte[:, :6] = xte[:, :6] * 3.0 + 2.0
+    x, y = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    wds = [1e-2, 1e-3]
+    sel = linear_probe.select_weight_decay(x, y, 5, wds, holdout_fraction=0.25, seed=0,
+                                           tol=1e-4 if precision == "fp32" else 3e-2, max_iter=500,
+                                           dtype=logreg_lbfgs.PRECISIONS[precision], device=torch.device("cpu"),
+                                           chunk=128)
+    all_std = sel.moments.standardizer().std
+    assert float((all_std / sel.scaler.std - 1).abs().max()) > 0.3  # the spaces differ: the weights matter
+    assert sel.fit.stop == "gtol" and sel.fit.data is not None
+    wd = wds[sel.index]
+    tol = 1e-6 if precision == "fp32" else 1e-2  # bf16 passes stall near 1e-3
+    head, fit = linear_probe.refit_after_selection(sel, wd, tol=tol, max_iter=2000)
+    assert fit.grad_rel <= tol
+    # the first gradient read only the hold-out rows (the fit rows' part came with the chosen solution)
+    whole = fit.passes - hold.sum() / len(ytr)
+    assert whole == pytest.approx(round(whole), abs=1e-3) and round(whole) >= fit.iterations
+    sc = StandardScaler().fit(xtr)
+    clf = LogisticRegression(C=1.0 / (wd * len(ytr)), tol=1e-10, max_iter=20000).fit(sc.transform(xtr), ytr)
+    ref = clf.decision_function(sc.transform(xte))
+    z = head.logits(torch.from_numpy(xte), torch.device("cpu")).double().numpy()
+    if precision == "bf16":  # rounding aside, the same head: the exact reparameterization is checked in fp32
+        assert (z.argmax(1) == ref.argmax(1)).mean() >= 0.98
+        return
+    # softmax logits are defined up to a constant per row: compare them centred
+    rc = ref - ref.mean(1, keepdims=True)
+    atol = 2e-4 * np.abs(rc).max()
+    np.testing.assert_allclose(z - z.mean(1, keepdims=True), rc, atol=atol, rtol=0)
+    assert (z.argmax(1) == ref.argmax(1)).all()
+    # the unweighted penalty in the fit rows' space is another objective: its head is measurably off
+    other = logreg_lbfgs.lbfgs(sel.objective, fit.weight, fit.bias, [wd], rtol=tol, max_iter=2000)[0]
+    zo = logreg_lbfgs.LinearHead(sel.scaler, other.weight, other.bias).logits(torch.from_numpy(xte), torch.device("cpu"))
+    zo = zo.double().numpy()
+    assert np.abs(zo - zo.mean(1, keepdims=True) - rc).max() > 5 * atol

@@ -113,12 +113,15 @@ def test_bf16_head_is_scored_in_fp32():
 
 
 def test_bf16_and_fp32_give_the_same_predictions_on_a_small_problem():
-    """Solved to the optimum, bf16 passes (forced) and fp32 passes agree; the rule's choice is recorded."""
-    x, y = _problem(n=800, d=32, c=6, seed=4)
-    xt, yt = _problem(n=400, d=32, c=6, seed=5)
-    kw = {"weight_decays": (1e-2, 1e-3), "device": "cpu"}
+    """Solved to the optimum (path and refit), bf16 passes (forced) and fp32 passes agree; the rule's choice is
+    recorded. Train and test rows share their class means (a test set from other means is scored at chance,
+    where every prediction is a near-tie)."""
+    xa, ya = _problem(n=1200, d=32, c=6, seed=4)
+    x, y, xt, yt = xa[:800], ya[:800], xa[800:], ya[800:]
+    kw = {"weight_decays": (1e-2, 1e-3), "device": "cpu", "selection_tol": 1e-4}
     r16 = linear_probe.evaluate(x, y, xt, yt, precision="bf16", min_bf16_macs=0, tol=1e-4, **kw)
     r32 = linear_probe.evaluate(x, y, xt, yt, precision="fp32", tol=1e-4, **kw)
+    kw.pop("selection_tol")
     auto = linear_probe.evaluate(x, y, xt, yt, precision="bf16", **kw)
     bf16_default = linear_probe.evaluate(x, y, xt, yt, precision="bf16", min_bf16_macs=0, **kw)
     assert r16.info["precision_used"] == "bf16" and r32.info["precision_used"] == "fp32"
@@ -130,6 +133,9 @@ def test_bf16_and_fp32_give_the_same_predictions_on_a_small_problem():
     assert r32.info["refit_grad_rel"] <= 1e-4
     assert auto.info["tol"] == linear_probe.DEFAULT_RTOL["fp32"]  # the default follows the precision used
     assert bf16_default.info["tol"] == linear_probe.DEFAULT_RTOL["bf16"]
+    assert auto.info["selection_tol"] == linear_probe.DEFAULT_SELECTION_RTOL["fp32"]
+    assert bf16_default.info["selection_tol"] == linear_probe.DEFAULT_SELECTION_RTOL["bf16"]
+    assert 50 < r32.metrics["linear_probe.top1"].value < 100  # neither chance nor trivial
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -168,3 +174,51 @@ def test_pass_loss_and_gradient_match_float64_and_sklearn_log_loss(scale):
     gz = (p - np.eye(5)[y.numpy()]) / 700
     np.testing.assert_allclose(gw.double().numpy(), xs.T @ gz, atol=1e-5 * np.abs(xs.T @ gz).max())
     np.testing.assert_allclose(gb.double().numpy(), gz.sum(0), atol=1e-6)
+
+
+def test_extended_objective_after_a_seed_reads_only_the_added_rows():
+    """extend + seed: the data term over all rows equals the float64 formula, and the pass at the seeded
+    point reads only the added rows (200 of 700: 2/7 of a pass); a seed off a block boundary is refused."""
+    x, y = _problem(n=700, d=8, c=4, seed=8)
+    sc = Standardizer.fit(x[:500])
+    obj = logreg_lbfgs.Objective(x, y, 4, sc, rows=torch.arange(500), dtype=torch.float32, device=CPU, chunk=100)
+    g = torch.Generator().manual_seed(2)
+    w, b = torch.randn(8, 4, generator=g) * 0.5, torch.randn(4, generator=g)
+    first = obj.data_term(w, b)
+    obj.extend(sc.transform(x, torch.float32, CPU, rows=torch.arange(500, 700)), y[500:])
+    with pytest.raises(ValueError):
+        obj.seed(w, b, first, 450)
+    obj.seed(w, b, first, 500)
+    p0 = obj.passes
+    loss, gw, gb = obj.data_term(w, b)
+    assert obj.passes - p0 == pytest.approx(200 / 700)
+    xs = sc(x, CPU).double().numpy()
+    z = xs @ w.double().numpy() + b.double().numpy()
+    lse = logsumexp(z, axis=1)
+    gz = (np.exp(z - lse[:, None]) - np.eye(4)[y.numpy()]) / 700
+    assert loss == pytest.approx((lse - z[np.arange(700), y.numpy()]).mean(), rel=1e-5)
+    np.testing.assert_allclose(gw.double().numpy(), xs.T @ gz, atol=1e-5 * np.abs(xs.T @ gz).max())
+    np.testing.assert_allclose(gb.double().numpy(), gz.sum(0), atol=1e-6)
+    # a point other than the seed's is a whole pass again
+    p1 = obj.passes
+    obj.data_term(w * 0.5, b)
+    assert obj.passes - p1 == pytest.approx(1.0)
+
+
+def test_weighted_penalty_and_its_memory_shift_are_exact():
+    """penalized(.., weights) is the literal wd/2 sum_k weights_k ||W_k||^2; a curvature pair moved to another
+    weight decay AND other weights equals the pair computed there."""
+    x, y = _problem(n=300, seed=2)
+    sc = Standardizer.fit(x)
+    obj = logreg_lbfgs.Objective(x, y, 4, sc, dtype=torch.float32, device=CPU)
+    g = torch.Generator().manual_seed(0)
+    t0, t1 = torch.randn(36, generator=g) * 0.1, torch.randn(36, generator=g) * 0.1
+    wts = torch.rand(8, generator=g) + 0.5
+    f, _ = obj.penalized(t1, 0.3, wts)
+    data = obj.data_term(t1[:32].view(8, 4), t1[32:])[0]
+    assert f == pytest.approx(data + 0.15 * float((wts[:, None] * t1[:32].view(8, 4) ** 2).sum()), rel=1e-6)
+    y1 = obj.penalized(t1, 0.3)[1] - obj.penalized(t0, 0.3)[1]
+    y2 = obj.penalized(t1, 0.05, wts)[1] - obj.penalized(t0, 0.05, wts)[1]
+    mem = logreg_lbfgs.Memory(0.3, 32)
+    mem.push(t1 - t0, y1, history=5)
+    torch.testing.assert_close(mem.at(0.05, wts.repeat_interleave(4)).y[0], y2, atol=1e-6, rtol=1e-5)

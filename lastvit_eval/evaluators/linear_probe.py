@@ -8,9 +8,11 @@ scored on test. Two solvers:
 
 - "lbfgs" (default): full-batch L-BFGS along a regularization path, strongest penalty first, each
   candidate warm-started from the previous (with its curvature pairs); the refit starts from the chosen
-  hold-out solution. Every candidate is solved to max |gradient| <= tol * max |gradient at zero|, a
-  threshold that means the same for every candidate and scale; the passes, the final gradient and why
-  each stopped land in the selection table. See logreg_lbfgs.py.
+  hold-out solution, in the same standardized space (an exact reparameterization of the refit's
+  objective, so the fit rows are neither standardized nor read again for its first gradient). Every
+  candidate is solved to max |gradient| <= selection_tol * max |gradient at zero| and the refit to
+  tol * the same, thresholds that mean the same for every candidate and scale; the passes, the final
+  gradient and why each stopped land in the selection table. See logreg_lbfgs.py.
 - "adam": a grid over learning rate x weight decay trained jointly by minibatch Adam for a fixed number
   of epochs (weights concatenated into one [D, m*C] matrix: one matmul per minibatch for all heads).
 """
@@ -51,12 +53,15 @@ DEFAULT_LRS = (2e-3,)  # adam only
 DEFAULT_EPOCHS, DEFAULT_BATCH = 5, 1024  # adam only
 # Half-decade steps; the L-BFGS path visits them strongest first (cheap: each starts near its answer).
 DEFAULT_WDS = (3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 0.0)
-# lbfgs: max |gradient| relative to its value at W = 0. bf16 passes round each gradient block to 2^-9
-# relative and stall near 1e-3; 3e-2 is 3x tighter than scikit-learn's default (tol 1e-4 absolute is
-# 9e-2 relative at 100k x 768 x 1000 classes, 9e-3 at 100 classes) and matches its test top-1 there
-# (results/bench_knn_probe.md). fp32 passes run only on problems small enough to be cheap
-# (logreg_lbfgs.MIN_BF16_MACS), which are solved close to their optimum.
+# lbfgs: max |gradient| relative to its value at W = 0, for the refit (the head that is scored on test) and
+# for the candidates on the hold-out path (which are only ranked). bf16 passes round each gradient block to
+# 2^-9 relative and stall near 1e-3. The refit's 3e-2 is 3x tighter than scikit-learn's default (tol 1e-4
+# absolute is 9.2e-2 relative at 100k x 768 x 1000 classes, 9e-3 at 100 classes); the path's 1e-1 is about
+# scikit-learn's there, and ranks the default grid as the path at 3e-2 did (results/bench_knn_probe.md).
+# fp32 passes run only on problems small enough to be cheap (logreg_lbfgs.MIN_BF16_MACS), which are solved
+# close to their optimum, path and refit alike.
 DEFAULT_RTOL = {"bf16": 3e-2, "fp32": 1e-4}
+DEFAULT_SELECTION_RTOL = {"bf16": 1e-1, "fp32": 1e-4}
 
 
 @dataclass
@@ -170,6 +175,31 @@ def _holdout_rows(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Te
     return torch.from_numpy(np.flatnonzero(~hold)), torch.from_numpy(np.flatnonzero(hold))
 
 
+@dataclass
+class Selection:
+    """The hold-out path's outcome, kept for the refit: which weight decay won, its solution (with its L-BFGS
+    memory and its data term on the fit rows), the objective on the fit rows and their statistics, the
+    hold-out rows standardized with those statistics (and their class sums), and the moments of all rows."""
+
+    index: int
+    fit: Fit
+    objective: Objective
+    scaler: Standardizer
+    table: pd.DataFrame
+    hold_xs: torch.Tensor
+    hold_y: torch.Tensor
+    hold_sums: torch.Tensor
+    moments: Moments
+
+
+def _top1(xs: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, chunk: int) -> float:
+    """Top-1 (percent) of the head (w, b) on rows already standardized, in their dtype (the passes' own)."""
+    wc = w.to(xs.dtype)
+    hits = sum(int(((xs[i : i + chunk] @ wc).float().add_(b).argmax(1) == y[i : i + chunk]).sum())
+               for i in range(0, xs.shape[0], chunk))
+    return 100.0 * hits / xs.shape[0]
+
+
 def select_weight_decay(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -183,26 +213,22 @@ def select_weight_decay(
     dtype: torch.dtype,
     device: torch.device,
     chunk: int,
-) -> tuple[int, Fit, Standardizer, pd.DataFrame, Moments]:
-    """L-BFGS path on the fit part of a hold-out carved from the TRAINING split (x, y) only.
-
-    Returns the index into `wds` of the best hold-out top-1 (ties: first in `wds` order), its solution
-    (with L-BFGS memory, to warm-start the refit), the fit part's standardizer, the selection table, and
-    the moments of all of (x, y) (fit part + hold-out part: the refit's statistics, without a re-read).
-    """
+) -> Selection:
+    """L-BFGS path on the fit part of a hold-out carved from the TRAINING split (x, y) only; the best
+    hold-out top-1 wins (ties: first in `wds` order)."""
     fit_rows, hold_rows = _holdout_rows(y, holdout_fraction, seed)
-    fit_m = Moments.of(x, fit_rows, y, num_classes)
+    fit_m, hold_m = Moments.of(x, fit_rows, y, num_classes), Moments.of(x, hold_rows, y, num_classes)
     scaler = fit_m.standardizer()
     obj = Objective(x, y, num_classes, scaler, rows=fit_rows, dtype=dtype, device=device, chunk=chunk,
                     class_sums=fit_m.standardized_class_sums(scaler))
-    x_hold, y_hold = x[hold_rows], y[hold_rows]
+    # standardized once, with the fit rows' statistics: scored for every candidate, then added for the refit
+    hold_xs, hold_y = scaler.transform(x, dtype, device, rows=hold_rows), y[hold_rows].to(device)
     order = sorted(range(len(wds)), key=lambda i: -wds[i])  # strongest penalty first
     acc: dict[float, float] = {}
     best: list[Fit] = []
 
     def score(f: Fit) -> None:
-        z = LinearHead(scaler, f.weight, f.bias).logits(x_hold, device, chunk, dtype)
-        acc[f.weight_decay] = float((z.argmax(1) == y_hold).double().mean()) * 100.0
+        acc[f.weight_decay] = _top1(hold_xs, hold_y, f.weight, f.bias, chunk)
         if best and acc[f.weight_decay] <= acc[best[0].weight_decay]:
             f.memory = None  # keep one L-BFGS memory (the best so far), not one per candidate
         else:
@@ -225,15 +251,36 @@ def select_weight_decay(
     chosen = by_wd[float(wds[i])]
     if chosen.memory is None:  # a tie with an earlier-visited candidate: same accuracy, use its memory
         chosen = Fit(**{**chosen.__dict__, "memory": best[0].memory})
-    return i, chosen, scaler, table, fit_m + Moments.of(x, hold_rows, y, num_classes)
+    return Selection(i, chosen, obj, scaler, table, hold_xs, hold_y, hold_m.standardized_class_sums(scaler),
+                     fit_m + hold_m)
+
+
+def refit_after_selection(sel: Selection, wd: float, *, tol: float, max_iter: int) -> tuple[LinearHead, Fit]:
+    """Refit on all training rows, warm-started from the chosen solution, in the fit rows' standardized space.
+
+    The refit's objective is scikit-learn's on all rows standardized with ALL rows' statistics (mean m',
+    std s'): mean cross-entropy + wd/2 ||W'||^2. With x = X s + m for the fit rows' standardization X,
+    X' = X diag(s/s') + (m - m')/s', so X' W' + b' = X W + b for W = diag(s/s') W' and b = b' + (m - m')/s' W':
+    the same objective, exactly, in (W, b) with the penalty wd/2 sum_k (s'_k/s_k)^2 ||W_k||^2. Solved there,
+    the fit rows' standardized copy and the chosen solution's data term on them are reused: only the
+    hold-out rows are added, and the first gradient reads only them. The head's logits are those of the
+    all-rows head (Standardizer.carry maps one to the other exactly).
+    """
+    obj, start = sel.objective, sel.fit
+    n_fit = obj.n
+    obj.extend(sel.hold_xs, sel.hold_y, sel.hold_sums)
+    if start.data is not None:
+        obj.seed(start.weight, start.bias, start.data, n_fit)
+    weights = (sel.moments.standardizer().std.double() / sel.scaler.std.double()).square().float()
+    fit = lbfgs(obj, start.weight, start.bias, [wd], rtol=tol, max_iter=max_iter, memory=start.memory,
+                weights=weights)[0]
+    return LinearHead(sel.scaler, fit.weight, fit.bias), fit
 
 
 def refit(
     x: torch.Tensor,
     y: torch.Tensor,
     num_classes: int,
-    start: Fit | None,
-    start_scaler: Standardizer | None,
     wd: float,
     *,
     tol: float,
@@ -241,19 +288,14 @@ def refit(
     dtype: torch.dtype,
     device: torch.device,
     chunk: int,
-    moments: Moments | None = None,
 ) -> tuple[LinearHead, Fit]:
-    """Fit on all training rows (their own statistics: `moments` of x, y if given), warm-started from
-    `start` when given."""
-    moments = Moments.of(x, None, y, num_classes) if moments is None else moments
+    """One fit from zero on all rows (their own statistics): a grid of one needs no selection."""
+    moments = Moments.of(x, None, y, num_classes)
     scaler = moments.standardizer()
     obj = Objective(x, y, num_classes, scaler, dtype=dtype, device=device, chunk=chunk,
                     class_sums=moments.standardized_class_sums(scaler))
-    if start is None or start_scaler is None:
-        w, b, memory = torch.zeros(x.shape[1], num_classes), torch.zeros(num_classes), None
-    else:
-        (w, b), memory = start_scaler.carry(scaler, start.weight, start.bias), start.memory
-    fit = lbfgs(obj, w, b, [wd], rtol=tol, max_iter=max_iter, memory=memory)[0]
+    fit = lbfgs(obj, torch.zeros(x.shape[1], num_classes), torch.zeros(num_classes), [wd], rtol=tol,
+                max_iter=max_iter)[0]
     return LinearHead(scaler, fit.weight, fit.bias), fit
 
 
@@ -268,6 +310,7 @@ def evaluate(
     weight_decays: Sequence[float] = DEFAULT_WDS,
     solver: str = "lbfgs",
     tol: float | None = None,
+    selection_tol: float | None = None,
     max_iter: int = 100,
     precision: str = "bf16",
     chunk: int = 8192,
@@ -281,8 +324,9 @@ def evaluate(
 ) -> Result:
     """Top-1/top-5 (Wilson CIs) and mean per-class recall (bootstrap CI) of the refit best head.
 
-    lbfgs: `tol` (max |gradient| relative to its value at W = 0; None: DEFAULT_RTOL of the precision
-    used), `max_iter` (L-BFGS iterations per candidate), `precision` ("bf16": bf16 passes when
+    lbfgs: `tol` (the refit's max |gradient| relative to its value at W = 0; None: DEFAULT_RTOL of the
+    precision used), `selection_tol` (the same for the candidates on the hold-out path; None:
+    DEFAULT_SELECTION_RTOL), `max_iter` (L-BFGS iterations per candidate), `precision` ("bf16": bf16 passes when
     rows * dim * classes >= `min_bf16_macs`, else fp32; "fp32"; info["precision_used"] says which ran),
     `chunk` (rows per matmul).
     adam: `lrs`, `epochs`, `batch_size` (defaults DEFAULT_LRS, DEFAULT_EPOCHS, DEFAULT_BATCH).
@@ -306,11 +350,11 @@ def evaluate(
     else:
         if lrs is not None or epochs is not None or batch_size is not None:
             raise InputError("linear probe: lrs, epochs and batch_size apply to solver='adam' only")
-        if (tol is not None and not tol > 0) or max_iter < 1 or chunk < 1:
-            raise InputError(f"linear probe: tol, max_iter and chunk must be positive, got {tol=}, "
-                             f"{max_iter=}, {chunk=}")
-        z, info, selection = _lbfgs(train, ytr, test, n_cls, weight_decays, tol, max_iter, precision, chunk,
-                                    holdout_fraction, seed, dev, min_bf16_macs)
+        if any(t is not None and not t > 0 for t in (tol, selection_tol)) or max_iter < 1 or chunk < 1:
+            raise InputError(f"linear probe: tol, selection_tol, max_iter and chunk must be positive, got {tol=}, "
+                             f"{selection_tol=}, {max_iter=}, {chunk=}")
+        z, info, selection = _lbfgs(train, ytr, test, n_cls, weight_decays, tol, selection_tol, max_iter, precision,
+                                    chunk, holdout_fraction, seed, dev, min_bf16_macs)
     pred, top1, top5 = topk_hits(z, yte)
     yn = yte.numpy()
     rows = pd.DataFrame({"image_id": ids, "label": yn, "pred": pred, "top1": top1, "top5": top5})
@@ -339,27 +383,30 @@ def evaluate(
     return Result("linear_probe", metrics, rows=rows, tables=tables, info=info)
 
 
-def _lbfgs(train, ytr, test, n_cls, weight_decays, tol, max_iter, precision, chunk, holdout_fraction, seed,
-           dev, min_bf16_macs) -> tuple[torch.Tensor, dict, pd.DataFrame]:
+def _lbfgs(train, ytr, test, n_cls, weight_decays, tol, selection_tol, max_iter, precision, chunk,
+           holdout_fraction, seed, dev, min_bf16_macs) -> tuple[torch.Tensor, dict, pd.DataFrame]:
     dtype = choose_dtype(precision, train.shape[0], train.shape[1], n_cls, min_bf16_macs)
     used = "bf16" if dtype == torch.bfloat16 else "fp32"
     tol = DEFAULT_RTOL[used] if tol is None else tol
+    selection_tol = DEFAULT_SELECTION_RTOL[used] if selection_tol is None else selection_tol
     wds = _weight_decays(weight_decays)
-    kw = {"tol": tol, "max_iter": max_iter, "dtype": dtype, "device": dev, "chunk": chunk}
+    kw = {"max_iter": max_iter, "dtype": dtype, "device": dev, "chunk": chunk}
     if len(wds) > 1:
-        best, start, start_scaler, selection, moments = select_weight_decay(
-            train, ytr, n_cls, wds, holdout_fraction=holdout_fraction, seed=seed, **kw)
+        sel = select_weight_decay(train, ytr, n_cls, wds, holdout_fraction=holdout_fraction, seed=seed,
+                                  tol=selection_tol, **kw)
+        best, selection = sel.index, sel.table
+        head, fit = refit_after_selection(sel, wds[best], tol=tol, max_iter=max_iter)
+        del sel
     else:
-        best, start, start_scaler, moments = 0, None, None, None
-        selection = pd.DataFrame({"weight_decay": wds, "holdout_top1": [float("nan")]})
-    head, fit = refit(train, ytr, n_cls, start, start_scaler, wds[best], moments=moments, **kw)
+        best, selection = 0, pd.DataFrame({"weight_decay": wds, "holdout_top1": [float("nan")]})
+        head, fit = refit(train, ytr, n_cls, wds[0], tol=tol, **kw)
     z = head.logits(test, dev, chunk)
-    info = {"chosen_weight_decay": wds[best], "tol": tol, "tol_abs": tol * fit.grad_scale, "max_iter": max_iter,
-            "precision": precision, "precision_used": used,
+    passes = float(selection["passes"].sum()) if "passes" in selection else 0.0
+    info = {"chosen_weight_decay": wds[best], "tol": tol, "tol_abs": tol * fit.grad_scale,
+            "selection_tol": selection_tol, "max_iter": max_iter, "precision": precision, "precision_used": used,
             "min_bf16_macs": min_bf16_macs, "chunk": chunk, "refit_iterations": fit.iterations,
             "refit_passes": fit.passes, "refit_grad_max": fit.grad_max, "refit_grad_rel": fit.grad_rel,
-            "refit_stop": fit.stop, "refit_loss": fit.loss,
-            "passes_total": int(selection["passes"].sum() if "passes" in selection else 0) + fit.passes}
+            "refit_stop": fit.stop, "refit_loss": fit.loss, "passes_total": round(passes + fit.passes, 4)}
     return z, info, selection
 
 
