@@ -265,7 +265,8 @@ def probe_section(xtr, ytr, xte, yte, a) -> list[str]:
         f"{one_top1 - sk_one['top1']:+.2f} points.",
         f"- Peak RSS above the data during our probe: {mem.delta_mb:.0f} MB. Every time excludes one-time imports "
         "and first-call warm-up. Our times include input checks, the feature statistics (read once: the refit's "
-        "combine the hold-out split's two parts), both standardized copies, the hold-out scoring and "
+        "combine the hold-out split's two parts), the standardized copy (the refit adds the hold-out rows to the path's), "
+        "the hold-out scoring and "
         "the bootstrap CI of mean per-class recall; scikit-learn's include its StandardScaler passes.",
     ]
 
