@@ -116,7 +116,7 @@ class Objective:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, num_classes: int, scaler: Standardizer, *,
                  rows: torch.Tensor | None = None, dtype: torch.dtype, device: torch.device,
                  chunk: int = 8192, sub: int = 8192, class_sums: torch.Tensor | None = None) -> None:
-        self.scaler, self.num_classes, self.dtype, self.device = scaler, num_classes, dtype, device
+        self.num_classes, self.dtype, self.device = num_classes, dtype, device
         self.dim = x.shape[1]
         self.chunk = max(1, chunk)
         self.sub = max(1, min(sub, self.chunk))
@@ -170,9 +170,8 @@ class Objective:
 
     def data_term(self, w: torch.Tensor, b: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
         """(mean cross-entropy, its gradient in W [D, C], in b [C]) at float32 (W, b)."""
-        m = self._memo
-        if m is not None and torch.equal(m[0], w) and torch.equal(m[1], b):
-            return m[2], m[3], m[4]
+        if self.memoized(w, b):
+            return self._memo[2:]
         with torch.no_grad():
             if not bool(w.any()):
                 out = self._at_zero(b)
