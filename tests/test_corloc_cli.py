@@ -210,12 +210,11 @@ def test_last_votes_on_a_coco_subset_matches_a_recomputation(coco, ckpt, tmp_pat
     """`--method last-votes` on COCO: the vote-map box re-derived here from the stored votes (components by
     breadth-first search, the one with the most votes, mapped back through Resize + CenterCrop), IoU by pixel
     masks against the json's non-crowd boxes."""
-    from test_discovery_cli import _components, _pixel_iou
+    from test_discovery_cli import _pixel_iou, _votes_box
 
     from lastvit_eval.engine.device import EngineSpec
     from lastvit_eval.engine.extract import extract
     from lastvit_eval.engine.taps import TapRequest
-    from lastvit_eval.geometry import crop_offsets, resized_size
     from lastvit_eval.models import load_model
     from lastvit_eval.pooling import PoolingSpec
 
@@ -238,20 +237,13 @@ def test_last_votes_on_a_coco_subset_matches_a_recomputation(coco, ckpt, tmp_pat
     for n, image_id in enumerate((2, 4)):
         w, h = Image.open(paths[n]).size
         v = feats.arrays["votes/last-k1"][n].reshape(g).astype(np.float64)
-        comps = _components(v > v.mean() + v.std())
+        box = _votes_box(v, g, p, t, w, h)
         row = rows[rows["image_id"] == str(image_id)].iloc[0]
-        if not comps:
+        if box is None:
             assert row["status"] == "no_box" and not row["hit"]
             hits.append(False)
             continue
         boxes += 1
-        best = max(comps, key=lambda c: (sum(v[rc] for rc in c), -min(r_ * g[1] + c_ for r_, c_ in c)))
-        r0, r1 = min(r_ for r_, _ in best), max(r_ for r_, _ in best) + 1
-        c0, c1 = min(c_ for _, c_ in best), max(c_ for _, c_ in best) + 1
-        nw, nh = resized_size(w, h, t.resize)
-        left, top = crop_offsets(nw, nh, t.crop)
-        box = [(c0 * p + left) * w / nw, (r0 * p + top) * h / nh, (c1 * p + left) * w / nw, (r1 * p + top) * h / nh]
-        box = [min(max(x, 0), lim) for x, lim in zip(box, (w, h, w, h), strict=True)]
         np.testing.assert_allclose(row[["x0", "y0", "x1", "y1"]].to_numpy(float), box, atol=1e-3)
         ious = [_pixel_iou(box, gt, (w, h)) for gt in coco_truth(image_id)]
         assert row["iou"] == pytest.approx(max(ious), abs=0.02)

@@ -83,6 +83,22 @@ def _components(fg: np.ndarray) -> list[list[tuple[int, int]]]:
     return out
 
 
+def _votes_box(v: np.ndarray, g: tuple[int, int], p: int, t, w: int, h: int) -> list[float] | None:
+    """last-votes by hand: the 4-connected component of votes above mean + std with the largest vote sum (ties:
+    the one starting first in row-major order), its patch box mapped back through the resize-crop to the
+    original image's pixel edges and clipped to it; None when no patch passes."""
+    comps = _components(v > v.mean() + v.std())
+    if not comps:
+        return None
+    best = max(comps, key=lambda c: (sum(v[rc] for rc in c), -min(r * g[1] + c_ for r, c_ in c)))
+    r0, r1 = min(r for r, _ in best), max(r for r, _ in best) + 1
+    c0, c1 = min(c for _, c in best), max(c for _, c in best) + 1
+    nw, nh = resized_size(w, h, t.resize)
+    left, top = crop_offsets(nw, nh, t.crop)
+    box = [(c0 * p + left) * w / nw, (r0 * p + top) * h / nh, (c1 * p + left) * w / nw, (r1 * p + top) * h / nh]
+    return [min(max(x, 0), lim) for x, lim in zip(box, (w, h, w, h), strict=True)]
+
+
 def _pixel_iou(a, b, size) -> float:
     """IoU of two pixel-edge boxes by counting 1/8-pixel cells."""
     w, h = size
@@ -110,19 +126,11 @@ def test_corloc_last_votes_matches_a_hand_recomputation(devkit, ckpt, tmp_path):
                     EngineSpec(device="cpu", workers=0), progress=False)
     for n, (image_id, (w, h), objects) in enumerate(VOC):
         v = feats.arrays["votes/last-k1"][n].reshape(g).astype(np.float64)
-        fg = v > v.mean() + v.std()
-        comps = _components(fg)
+        box = _votes_box(v, g, p, t, w, h)
         row = rows[rows["image_id"] == image_id].iloc[0]
-        if not comps:
+        if box is None:
             assert row["status"] == "no_box" and not row["hit"]
             continue
-        best = max(comps, key=lambda c: (sum(v[rc] for rc in c), -min(r * g[1] + c_ for r, c_ in c)))
-        r0, r1 = min(r for r, _ in best), max(r for r, _ in best) + 1
-        c0, c1 = min(c for _, c in best), max(c for _, c in best) + 1
-        nw, nh = resized_size(w, h, t.resize)
-        left, top = crop_offsets(nw, nh, t.crop)
-        box = [(c0 * p + left) * w / nw, (r0 * p + top) * h / nh, (c1 * p + left) * w / nw, (r1 * p + top) * h / nh]
-        box = [min(max(x, 0), lim) for x, lim in zip(box, (w, h, w, h), strict=True)]
         np.testing.assert_allclose(row[["x0", "y0", "x1", "y1"]].to_numpy(float), box, atol=1e-3)  # CSV: 6 digits
         gts = [(x0 - 1, y0 - 1, x1, y1) for _, x0, y0, x1, y1, _, _ in objects]  # VOC 1-based inclusive
         ious = [_pixel_iou(box, gt, (w, h)) for gt in gts]

@@ -82,6 +82,19 @@ def _taps(loaded, x, *poolings):
         return forward_taps(loaded, x, req, "fp32")
 
 
+def _reference_and_ours(ref, norm, loaded, x):
+    """(ref.encode_image(x), the output of `norm` (the library's final norm) during it, our backbone's tokens)."""
+    seen = {}
+    h = norm.register_forward_hook(lambda m, i, o: seen.setdefault("tokens", o))
+    try:
+        with torch.no_grad():
+            emb = ref.encode_image(x)
+            tokens = loaded.backbone.tokens(x)
+    finally:
+        h.remove()
+    return emb, seen["tokens"], tokens
+
+
 # --- ResNet CLIP ---------------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -212,17 +225,12 @@ def test_eva_clip_class_token_matches_open_clip_and_has_no_map(tmp_path):
                                                                             1, 192)
     assert not loaded.backbone.has_map_head
     x = torch.randn(1, 3, 224, 224)
-    seen = {}
-    h = ref.visual.trunk.norm.register_forward_hook(lambda m, i, o: seen.setdefault("tokens", o))
-    with torch.no_grad():
-        emb = ref.encode_image(x)
-        tokens = loaded.backbone.tokens(x)
-    h.remove()
+    emb, ref_tokens, tokens = _reference_and_ours(ref, ref.visual.trunk.norm, loaded, x)
     out = _taps(loaded, x, "cls", "gap")
     assert (out["embedding/cls"] - emb).abs().max() < 1e-4
     # patch tokens and GAP: EVA's own final norm output during encode_image, class token skipped
-    assert tokens.shape == (1, 1 + 256, 192) and (tokens - seen["tokens"]).abs().max() < 1e-4
-    assert (out["pooled/gap"] - seen["tokens"][:, 1:].mean(dim=1)).abs().max() < 1e-4
+    assert tokens.shape == (1, 1 + 256, 192) and (tokens - ref_tokens).abs().max() < 1e-4
+    assert (out["pooled/gap"] - ref_tokens[:, 1:].mean(dim=1)).abs().max() < 1e-4
 
 
 def test_timm_tower_without_config_is_one_clear_error(tmp_path):
@@ -252,17 +260,12 @@ def test_vit_l_14_inferred_from_tensors(tmp_path):
     assert (a.name, a.width, a.depth, a.heads, a.heads_source, a.patch_size, a.grid) == (
         "ViT-L-14", 1024, 2, 16, "checkpoint config", 14, (2, 2))
     x = torch.randn(2, 3, 28, 28)
-    seen = {}
-    h = ref.visual.ln_post.register_forward_hook(lambda m, i, o: seen.setdefault("tokens", o))
-    with torch.no_grad():
-        emb = ref.encode_image(x)
-        tokens = loaded.backbone.tokens(x)
-    h.remove()
+    emb, ref_tokens, tokens = _reference_and_ours(ref, ref.visual.ln_post, loaded, x)
     out = _taps(loaded, x, "cls", "gap")
     assert (out["embedding/cls"] - emb).abs().max() < 1e-4
     # patch tokens and GAP: open_clip's ln_post output in its own forward, class token skipped
-    assert tokens.shape == (2, 1 + 4, 1024) and (tokens - seen["tokens"]).abs().max() < 1e-4
-    assert (out["pooled/gap"] - seen["tokens"][:, 1:].mean(dim=1)).abs().max() < 1e-4
+    assert tokens.shape == (2, 1 + 4, 1024) and (tokens - ref_tokens).abs().max() < 1e-4
+    assert (out["pooled/gap"] - ref_tokens[:, 1:].mean(dim=1)).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("name", ["openclip:RN50/openai", "openclip:ViT-L-14/openai",
