@@ -83,16 +83,23 @@ def _components(fg: np.ndarray) -> list[list[tuple[int, int]]]:
     return out
 
 
-def _votes_box(v: np.ndarray, g: tuple[int, int], p: int, t, w: int, h: int) -> list[float] | None:
-    """last-votes by hand: the 4-connected component of votes above mean + std with the largest vote sum (ties:
-    the one starting first in row-major order), its patch box mapped back through the resize-crop to the
-    original image's pixel edges and clipped to it; None when no patch passes."""
+def _votes_patches(v: np.ndarray, g: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """last-votes by hand, in patches: the 4-connected component of votes above mean + std with the largest vote
+    sum (ties: the one starting first in row-major order) as (r0, r1, c0, c1), ends exclusive; None when no
+    patch passes."""
     comps = _components(v > v.mean() + v.std())
     if not comps:
         return None
     best = max(comps, key=lambda c: (sum(v[rc] for rc in c), -min(r * g[1] + c_ for r, c_ in c)))
-    r0, r1 = min(r for r, _ in best), max(r for r, _ in best) + 1
-    c0, c1 = min(c for _, c in best), max(c for _, c in best) + 1
+    return (min(r for r, _ in best), max(r for r, _ in best) + 1, min(c for _, c in best), max(c for _, c in best) + 1)
+
+
+def _votes_box(v: np.ndarray, g: tuple[int, int], p: int, t, w: int, h: int) -> list[float] | None:
+    """_votes_patches' box mapped back through the resize-crop to the original image's pixel edges, clipped to
+    it; None when no patch passes."""
+    if (found := _votes_patches(v, g)) is None:
+        return None
+    r0, r1, c0, c1 = found
     nw, nh = resized_size(w, h, t.resize)
     left, top = crop_offsets(nw, nh, t.crop)
     box = [(c0 * p + left) * w / nw, (r0 * p + top) * h / nh, (c1 * p + left) * w / nw, (r1 * p + top) * h / nh]

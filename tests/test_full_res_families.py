@@ -21,7 +21,7 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, resize_pos_embed
 from PIL import Image
 from test_corloc_cli import VOC, devkit, pixel_iou, voc_truth  # noqa: F401 - devkit is a fixture
 from test_corloc_methods import lost_transcribed
-from test_discovery_cli import _components
+from test_discovery_cli import _votes_patches
 from tiny_models import tiny_clip
 from torchvision import transforms
 from torchvision.models import VisionTransformer
@@ -208,12 +208,9 @@ def _reference_box(family: str, ckpt: Path, method: str, path: Path) -> list[flo
         keys = F.linear(attn_in, in_proj.in_proj_weight, in_proj.in_proj_bias)[0, 1:, 192:384].detach()
         return lost_transcribed(keys.half().double(), grid, PATCH, (h, w), 100)
     v = pool(tokens, 1, PoolingSpec("last")).votes[0].reshape(grid).double().numpy()
-    comps = _components(v > v.mean() + v.std())
-    if not comps:
+    if (found := _votes_patches(v, grid)) is None:
         return None
-    best = max(comps, key=lambda c: (sum(v[rc] for rc in c), -min(r * grid[1] + c_ for r, c_ in c)))
-    r0, r1 = min(r for r, _ in best), max(r for r, _ in best) + 1
-    c0, c1 = min(c for _, c in best), max(c for _, c in best) + 1
+    r0, r1, c0, c1 = found
     return [c0 * PATCH, r0 * PATCH, min(c1 * PATCH, w), min(r1 * PATCH, h)]
 
 
