@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from lastvit_eval.evaluators import knn, linear_probe
+from lastvit_eval.evaluators.logreg_lbfgs import compute_dtype
 
 
 def make_features(n: int, dim: int, means: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -148,13 +149,13 @@ def warm_up() -> None:
                           rng.normal(size=(20, 8)).astype(np.float32), rng.integers(0, 3, 20), device="cpu")
 
 
-def gemm_rate(dim: int, classes: int, chunk: int, repeats: int = 5) -> float:
-    """Measured bf16 FLOP/s of one pass's two GEMMs on a block of `chunk` rows (logits X W, then X^T (P - Y)),
-    the best of `repeats`: the ceiling our passes run against on this machine."""
+def gemm_rate(dim: int, classes: int, chunk: int, dtype: torch.dtype, repeats: int = 5) -> float:
+    """Measured FLOP/s of one pass's two GEMMs in `dtype` on a block of `chunk` rows (logits X W, then
+    X^T (P - Y)), the best of `repeats`: the ceiling our passes run against on this machine."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(chunk, dim, generator=g).bfloat16()
-    xt, w = x.T.contiguous(), torch.randn(dim, classes, generator=g).bfloat16()
-    z, gw = torch.empty(chunk, classes, dtype=torch.bfloat16), torch.empty(dim, classes, dtype=torch.bfloat16)
+    x = torch.randn(chunk, dim, generator=g).to(dtype)
+    xt, w = x.T.contiguous(), torch.randn(dim, classes, generator=g).to(dtype)
+    z, gw = torch.empty(chunk, classes, dtype=dtype), torch.empty(dim, classes, dtype=dtype)
     best = math.inf
     for _ in range(repeats + 1):  # the first is a warm-up
         t = time.perf_counter()
@@ -238,8 +239,9 @@ def probe_section(xtr, ytr, xte, yte, a) -> list[str]:
     # the one step left that could reach 5x, does to the test top-1
     loose_s, r_loose = ours(xtr, ytr, xte, yte, tol=info["selection_tol"])
     loose_top1 = r_loose.metrics["linear_probe.top1"].value
-    # the GEMM floor: our passes' two GEMMs alone at this machine's measured bf16 rate, nothing else
-    rate = gemm_rate(xtr.shape[1], int(ytr.max()) + 1, info["chunk"])
+    # the GEMM floor: our passes' two GEMMs alone at this machine's measured rate, nothing else
+    used = info["precision_used"]
+    rate = gemm_rate(xtr.shape[1], int(ytr.max()) + 1, info["chunk"], compute_dtype(used))
     n_fit = int((~linear_probe.stratified_holdout(ytr, info["holdout_fraction"], info["seed"])).sum())
     path_passes = sum(float(x["passes"]) for x in info["selection"])
     floor_s = 4.0 * xtr.shape[1] * (int(ytr.max()) + 1) * (path_passes * n_fit + info["refit_passes"] * len(ytr)) / rate
@@ -290,7 +292,7 @@ def probe_section(xtr, ytr, xte, yte, a) -> list[str]:
         f"**{'met' if met else 'not met'}**).",
         f"- Test set: {len(yte):,} images, so one image is {100 / len(yte):.2f} points; the objective's optimum scores "
         f"{opt_top1:.2f} (ours {top1 - opt_top1:+.2f}, scikit-learn's {sk['top1'] - opt_top1:+.2f} from it).",
-        f"- The GEMM floor: our {info['passes_total']:g} passes' two bf16 GEMMs alone, at this machine's measured "
+        f"- The GEMM floor: our {info['passes_total']:g} passes' two {used} GEMMs alone, at this machine's measured "
         f"rate ({rate / 1e9:.0f} GFLOP/s, best of 5 on one {info['chunk']}-row block), take {floor_s:.1f} s: "
         f"{sk['seconds'] / floor_s:.1f}x scikit-learn's fastest run with nothing else counted; 5x needs "
         f"{sk['seconds'] / 5:.1f} s. The refit at the path's tolerance is {sk['seconds'] / loose_s:.1f}x at a test "
