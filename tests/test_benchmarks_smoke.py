@@ -4,7 +4,8 @@ Benchmarks are scripts, not tests: nothing here times anything. What is checked 
 figures rest on: that the FLOP count equals the ViT formula written out by hand, that the generated
 folders (real ImageNet wnids) map onto a 1000-way head without --class-map, and that the chain
 benchmark reads "images forwarded / reused" from a real run's metrics.json. The zero-shot segmentation
-benchmark runs whole at its smallest size (a few seconds), to check the table it writes, never its speed.
+benchmark runs whole at its smallest size (a few seconds), to check the table it writes, never its speed; so do the
+CorLoc and linear-probe benchmarks.
 """
 
 from __future__ import annotations
@@ -130,3 +131,37 @@ def test_bench_corloc_runs_at_a_tiny_size(tmp_path: Path):
         assert len(shares) == 3 and all(0 <= s <= 100 for s in shares), r[3]
         assert 0 <= float(r[5]) <= 100
     assert "4 generated VOC-format images" in out.read_text()
+
+
+def test_bench_knn_probe_runs_at_a_tiny_size(tmp_path: Path):
+    """The probe benchmark end to end at 600 x 16, 5 classes (fp32 passes; nothing timed is judged): the
+    candidate table's passes plus the refit's add up to the total in our row, every weight decay of the grid is
+    listed once, and the GEMM floor is computed for the passes the run made, in the precision it used."""
+    import os
+    import re
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench_knn_probe.md"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_knn_probe.py"), "--n-train", "600",
+                           "--n-test", "100", "--dim", "16", "--classes", "5", "--mean-scale", "1", "--probe-only",
+                           "--repeats", "1", "--out", str(out)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    ours = next(line for line in text.splitlines() if line.startswith("| ours (lbfgs, fp32 passes"))
+    total = float(re.search(r"CIs \(([\d.]+) passes over the rows in all\)", ours).group(1))
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| weight decay | ours: hold-out top-1"))
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[header + 2:]
+            if line.startswith("|")][:8]
+    from lastvit_eval.evaluators.linear_probe import DEFAULT_WDS
+
+    assert sorted(float(r[0]) for r in rows[:-1]) == sorted(float(w) for w in DEFAULT_WDS)
+    assert rows[-1][0].startswith("refit at ")
+    assert sum(float(r[3]) for r in rows) == pytest.approx(total, abs=1e-3)
+    floor = re.search(r"our ([\d.]+) passes' two fp32 GEMMs alone, at this machine's measured rate", text)
+    assert floor is not None, text[-1500:]
+    assert float(floor.group(1)) == pytest.approx(total)  # the floor counts the passes the run made
+    assert "| ours with the refit at the path's tolerance (0.0001: " in text
