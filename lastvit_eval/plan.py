@@ -369,14 +369,14 @@ def _pooling_choices(model: LoadedModel) -> str:
 def _check_internal_taps(evaluators, model: LoadedModel | None) -> None:
     """Keys, CLS attention and block norms are read off transformer blocks: a CNN has none, and keys / CLS
     attention only from an attention module whose queries and keys are recomputed exactly."""
-    from .engine.internals import INTERNAL_TAPS, unreadable_attention
+    from .engine.internals import INTERNAL_TAPS, LAST_BLOCK_TAPS, unreadable_attention
 
     for e in evaluators:
         wanted = sorted(set(e.taps) & INTERNAL_TAPS)
         if wanted and model is not None and not model.backbone.blocks():
             raise InputError(f"{e.name}: needs {', '.join(wanted)} from transformer blocks, which {model.name} "
                              "does not expose (a CNN, or a trunk that is neither a timm ViT nor Eva)")
-        last = [t for t in wanted if t in ("keys", "values", "cls_attn")]
+        last = sorted(set(wanted) & LAST_BLOCK_TAPS)
         why = unreadable_attention(model.backbone) if last and model is not None else None
         if why:
             raise InputError(f"{e.name}: needs {', '.join(last)} of the last block, and {model.name} "

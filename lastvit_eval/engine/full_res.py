@@ -63,10 +63,9 @@ def full_resolution(model: LoadedModel) -> LoadedModel:
                          f"{model.arch.image_size} (it would resample a resampled table), or keep it with "
                          "--resolution model")
     transform = full_padded(model.transform, model.arch.patch_size)
-    if model.arch.family in ("torchvision", "openclip"):
-        backbone = model.backbone.at_full_resolution()  # None for CLIP towers that are not open_clip ViTs
-        if backbone is not None:
-            return replace(model, backbone=backbone, transform=transform)
+    backbone = model.backbone.at_full_resolution()  # torchvision and open_clip ViTs; None for every other backbone
+    if backbone is not None:
+        return replace(model, backbone=backbone, transform=transform)
     vit = getattr(model.backbone, "model", None)
     from timm.models.vision_transformer import VisionTransformer
 

@@ -31,7 +31,7 @@ from ..errors import InputError
 from ..models.base import Backbone
 
 INTERNAL_TAPS = frozenset({"keys", "values", "cls_attn", "block_norms"})
-_LAST_BLOCK = frozenset({"keys", "values", "cls_attn"})
+LAST_BLOCK_TAPS = frozenset({"keys", "values", "cls_attn"})
 
 
 def _norm_and_attention(block: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -161,10 +161,10 @@ def traced_tokens(bb: Backbone, x: torch.Tensor, want: frozenset[str] = frozense
             if keep.dim() != 2 or keep.shape[0] != x.shape[0]:
                 raise ValueError(f"keep must be [B, K] patch indices, got {tuple(keep.shape)}")
             handles.append(blocks[0].register_forward_pre_hook(drop, with_kwargs=True))
-        if want & _LAST_BLOCK:
+        if want & LAST_BLOCK_TAPS:
             why = unreadable_attention(bb)
             if why:
-                raise InputError(f"{type(bb).__name__}: {', '.join(sorted(want & _LAST_BLOCK))} need the last "
+                raise InputError(f"{type(bb).__name__}: {', '.join(sorted(want & LAST_BLOCK_TAPS))} need the last "
                                  f"block's attention, which is {why}")
             last_attn = _norm_and_attention(blocks[-1])[1]
             handles.append(last_attn.register_forward_pre_hook(grab_last, with_kwargs=True))
@@ -177,7 +177,7 @@ def traced_tokens(bb: Backbone, x: torch.Tensor, want: frozenset[str] = frozense
     out: dict[str, torch.Tensor] = {}
     if "block_norms" in want:
         out["block_norms"] = torch.stack(norms, dim=1)
-    if want & _LAST_BLOCK:
+    if want & LAST_BLOCK_TAPS:
         with torch.autocast(x.device.type, enabled=False):
             rope = seen["rope"]
             q, k, v, scale = attention_qkv(last_attn, seen["last_in"].float(),

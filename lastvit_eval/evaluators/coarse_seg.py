@@ -62,7 +62,7 @@ class CoarseSeg(Evaluator):
         self.resize, self.crop, self.grid, self.kind = t.resize, t.crop, arch.grid, t.kind
 
     def evaluate(self, inputs: Inputs) -> Result:
-        from ..localization.coarse_seg import coarse_seg_counts, labels_to_crop, seg_iou_metrics
+        from ..localization.coarse_seg import coarse_seg_counts, labels_to_crop, per_image_iou, seg_iou_metrics
 
         scores = inputs.test.get("patch_scores")
         thresholds = [(str(t).replace(".", "_").replace("-", "m"), _threshold(str(t))) for t in self.options.thresholds]
@@ -78,9 +78,7 @@ class CoarseSeg(Evaluator):
                 metrics[f"coarse_seg.{name}.{key}"] = m
             for j, col in enumerate(("fg_intersection", "fg_union", "bg_intersection", "bg_union")):
                 rows[f"{name}.{col}"] = c[:, j]
-            with np.errstate(invalid="ignore", divide="ignore"):  # a union of 0: NaN (no pixel of either side)
-                fg = np.where(c[:, 1] > 0, 100.0 * c[:, 0] / c[:, 1], np.nan)
-                bg = np.where(c[:, 3] > 0, 100.0 * c[:, 2] / c[:, 3], np.nan)
+            fg, bg = per_image_iou(c)  # a union of 0: NaN (no pixel of that side)
             rows[f"{name}.fg_iou"], rows[f"{name}.bg_iou"], rows[f"{name}.miou"] = fg, bg, (fg + bg) / 2
         info = {"thresholds": [n for n, _ in thresholds], "images": len(rows),
                 "protocol": "patch scores upsampled to the model's crop, mask through the same Resize + CenterCrop"}

@@ -65,12 +65,10 @@ class LinearHead:
     bias: torch.Tensor
 
     @torch.no_grad()
-    def logits(self, x: torch.Tensor, device: torch.device, chunk: int = 8192,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """[N, C] float32 logits on CPU, chunk by chunk. fp32 matmuls unless `dtype` says otherwise (the
-        hold-out ranking of candidates may use the passes' bf16; a head's reported scores never do)."""
-        w, b = self.weight.to(device=device, dtype=dtype), self.bias.to(device=device, dtype=torch.float32)
-        return torch.cat([(self.scaler(x[i : i + chunk], device).to(dtype) @ w).float().add_(b).cpu()
+    def logits(self, x: torch.Tensor, device: torch.device, chunk: int = 8192) -> torch.Tensor:
+        """[N, C] float32 logits on CPU, chunk by chunk, fp32 matmuls (a head's reported scores never use bf16)."""
+        w, b = self.weight.to(device=device, dtype=torch.float32), self.bias.to(device=device, dtype=torch.float32)
+        return torch.cat([(self.scaler(x[i : i + chunk], device) @ w).add_(b).cpu()
                           for i in range(0, x.shape[0], chunk)])
 
 

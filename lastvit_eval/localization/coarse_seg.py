@@ -140,6 +140,12 @@ def _ratio(num: np.ndarray, den: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.sum(num, axis=axis) / np.where(d > 0, d, np.nan)
 
 
+def per_image_iou(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image fg IoU and bg IoU (percent; NaN where that side's union is 0) from counts [n, 4]."""
+    c = np.asarray(counts, dtype=np.float64).reshape(-1, 4)
+    return 100.0 * _ratio(c[:, [0]], c[:, [1]], axis=1), 100.0 * _ratio(c[:, [2]], c[:, [3]], axis=1)
+
+
 def seg_iou_metrics(counts: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> dict[str, Metric]:
     """Dataset-level fg IoU, bg IoU and their mean (percent) from per-image counts [n, 4], bootstrap CIs over images."""
     c = np.asarray(counts, dtype=np.float64).reshape(-1, 4)

@@ -317,8 +317,9 @@ def load(raw, opts: LoadOptions, source: str, sha256: str | None) -> LoadedModel
     model.eval().requires_grad_(False)
     backbone = TimmBackbone(model)
     backbone.details = pooling_details(model)
-    transform = timm_transform(model, size)
-    if mae:  # MAE's own evaluation recipe, not the pretrained_cfg of whichever timm tag shares the architecture
+    if not mae:
+        transform = timm_transform(model, size)
+    else:  # MAE's own evaluation recipe, not the pretrained_cfg of whichever timm tag shares the architecture
         from ..data.transform import dino_vit
 
         transform = dino_vit(size)

@@ -121,14 +121,6 @@ def _num(v) -> float:
     return float("nan") if v is None else float(v)
 
 
-def pooling_kind(pooling: dict) -> str:
-    kind = pooling.get("kind")
-    if kind:
-        return str(kind)
-    name = str(pooling.get("name") or "")
-    return name.split("-", 1)[0].split(":", 1)[0]  # records without `kind`: `last-k1`, `cls`
-
-
 def place(record: dict) -> Placed:
     """Where one run goes; `column` stays empty (and `notes` says why) when it has no cell."""
     prov = record.get("provenance") or {}
@@ -151,7 +143,7 @@ def place(record: dict) -> Placed:
         p.notes.append(f"{p.supervision} pre-training: the paper's PiB table has rows for "
                        f"{', '.join(ROWS.values())} models only")
         return p
-    kind = pooling_kind(pooling)
+    kind = str(pooling.get("kind") or "")  # the PoolingSpec the pipeline records: cls, gap, map, last
     registers = int(arch.get("num_registers") or 0)
     has_cls = int(arch.get("num_prefix_tokens") or 0) - registers >= 1
     if p.arch.startswith("ResNet"):

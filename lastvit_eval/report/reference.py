@@ -128,13 +128,10 @@ def dataset_key(metric: str, record: dict) -> str:
 
 
 def _is_coco20k(image_list) -> bool:
-    """COCO20k only when the run's list held LOST's 19,817 ids (digest of the sorted ids), whatever its file
-    was called: a custom subset is not the published protocol."""
-    from ..data.coco_subset import COCO20K_SIZE, coco20k_digest
-
-    if not isinstance(image_list, dict):
-        return False
-    return image_list.get("images") == COCO20K_SIZE and image_list.get("ids_sha256") == coco20k_digest()
+    """COCO20k only when the run's list held LOST's 19,817 ids, whatever its file was called (a custom subset is
+    not the published protocol): decided once, from the ids' digest, when the run wrote its record
+    (data/coco_subset.describe_image_list)."""
+    return isinstance(image_list, dict) and image_list.get("coco20k") is True
 
 
 def method_of(record: dict) -> str:
