@@ -11,7 +11,6 @@ Run: `python benchmarks/bench_knn_probe.py [--quick] [--probe-only]`.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import threading
@@ -19,6 +18,7 @@ import time
 import warnings
 from pathlib import Path
 
+import _common as common
 import numpy as np
 import torch
 
@@ -151,18 +151,18 @@ def warm_up() -> None:
 
 def gemm_rate(dim: int, classes: int, chunk: int, dtype: torch.dtype, repeats: int = 5) -> float:
     """Measured FLOP/s of one pass's two GEMMs in `dtype` on a block of `chunk` rows (logits X W, then
-    X^T (P - Y)), the best of `repeats`: the ceiling our passes run against on this machine."""
+    X^T (P - Y)), the best of `repeats` after one warm-up: the ceiling our passes run against on this machine."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(chunk, dim, generator=g).to(dtype)
     xt, w = x.T.contiguous(), torch.randn(dim, classes, generator=g).to(dtype)
     z, gw = torch.empty(chunk, classes, dtype=dtype), torch.empty(dim, classes, dtype=dtype)
-    best = math.inf
-    for _ in range(repeats + 1):  # the first is a warm-up
-        t = time.perf_counter()
+
+    def one_pass() -> None:
         torch.matmul(x, w, out=z)
         torch.matmul(xt, z, out=gw)
-        best = min(best, time.perf_counter() - t)
-    return 4.0 * chunk * dim * classes / best
+
+    one_pass()
+    return 4.0 * chunk * dim * classes / min(common.seconds(one_pass) for _ in range(repeats))
 
 
 def load() -> str:
@@ -171,7 +171,7 @@ def load() -> str:
 
 
 def spread(times: list[float]) -> str:
-    return f"{min(times):.1f} / {float(np.median(times)):.1f} / {max(times):.1f} s"
+    return common.spread(times, "{:.1f}") + " s"
 
 
 def probe_section(xtr, ytr, xte, yte, a) -> list[str]:
