@@ -81,6 +81,20 @@ def imagenet_root(tmp_path: Path) -> Path:
     return root
 
 
+def write_train(root: Path, per_class: int) -> Path:
+    """`per_class` train JPEGs (40-85 x 36 px) for each wnid of root/val: train/<wnid>/tr_<wnid>_<i>.JPEG."""
+    for n, wnid in enumerate(sorted(p.name for p in (root / "val").iterdir())):
+        for i in range(per_class):
+            write_jpeg(root / "train" / wnid / f"tr_{wnid}_{i}.JPEG", (40 + 5 * i, 36), seed=100 * n + i)
+    return root
+
+
+@pytest.fixture
+def with_train(imagenet_root: Path) -> Path:
+    """imagenet_root with 6 train images per class."""
+    return write_train(imagenet_root, 6)
+
+
 def tiny_vit(num_classes: int | None = 10, seed: int = 0, image_size: int = 32, patch: int = 8,
              layers: int = 2) -> VisionTransformer:
     torch.manual_seed(seed)

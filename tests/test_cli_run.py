@@ -7,7 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import write_jpeg
+from conftest import write_train
 from typer.testing import CliRunner
 
 from lastvit_eval.app import app
@@ -18,10 +18,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def with_train(imagenet_root):
-    for n, wnid in enumerate(sorted(p.name for p in (imagenet_root / "val").iterdir())):
-        for i in range(10):
-            write_jpeg(imagenet_root / "train" / wnid / f"tr_{wnid}_{i}.JPEG", (40 + 5 * i, 36), seed=100 * n + i)
-    return imagenet_root
+    return write_train(imagenet_root, 10)
 
 
 def test_run_all_evaluators_one_pass_per_split(with_train, detectron2_ckpt, tmp_path, monkeypatch):

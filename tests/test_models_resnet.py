@@ -194,20 +194,18 @@ def test_cli_refuses_cls_and_map_on_resnet_before_any_forward(imagenet_root, rn5
     assert forwarded == []
 
 
-def test_cli_knn_and_linear_probe_on_a_resnet(imagenet_root, tmp_path):
+def test_cli_knn_and_linear_probe_on_a_resnet(with_train, tmp_path):
     """ResNets through k-NN and the linear probe with GAP: metrics carry units, and k-NN equals a brute-force
     cosine k-NN (DINO weights exp(sim / 0.07)) on GAP features from torchvision's own forward (avgpool)."""
     import numpy as np
     import pandas as pd
-    from conftest import write_jpeg
     from PIL import Image
+    from test_knn import _brute_force
 
     from lastvit_eval.data.transform import TransformSpec
 
+    imagenet_root = with_train
     wnids = sorted(p.name for p in (imagenet_root / "val").iterdir())
-    for n, wnid in enumerate(wnids):
-        for i in range(6):
-            write_jpeg(imagenet_root / "train" / wnid / f"tr_{wnid}_{i}.JPEG", (40 + 5 * i, 36), seed=100 * n + i)
     ref = _perturbed(resnet18(weights=None), 3)
     path = tmp_path / "rn18.pth"
     torch.save(ref.state_dict(), path)
@@ -243,15 +241,9 @@ def test_cli_knn_and_linear_probe_on_a_resnet(imagenet_root, tmp_path):
 
     ftr, ytr, _ = gap_features("train")
     fte, yte, ids = gap_features("val")
-    sims = fte @ ftr.T
     rows = pd.read_csv(out / "gap" / "knn_rows.csv").set_index("image_id").loc[ids]
     for k in (1, 3, 10):
-        nb = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-        votes = np.zeros((len(ids), len(wnids)))
-        for i in range(len(ids)):
-            for j in nb[i]:
-                votes[i, ytr[j]] += np.exp(sims[i, j] / 0.07)
-        pred = votes.argmax(1)
+        pred = _brute_force(ftr, ytr, fte, k, 0.07, len(wnids))[0]
         np.testing.assert_array_equal(rows[f"k{k}.pred"].to_numpy(), pred)
         assert m[f"knn.k{k}.top1"]["value"] == pytest.approx(100 * np.mean(pred == yte)), k
 

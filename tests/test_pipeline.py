@@ -32,14 +32,6 @@ def err(r) -> str:
     return r.output  # CliRunner mixes stderr into output
 
 
-@pytest.fixture
-def with_train(imagenet_root):
-    for n, wnid in enumerate(sorted(p.name for p in (imagenet_root / "val").iterdir())):
-        for i in range(6):
-            write_jpeg(imagenet_root / "train" / wnid / f"tr_{wnid}_{i}.JPEG", (40 + 5 * i, 36), seed=100 * n + i)
-    return imagenet_root
-
-
 def _no_boxes(root: Path) -> Path:
     import shutil
 
