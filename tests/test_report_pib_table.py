@@ -4,7 +4,6 @@ records made from a real one with the provenance other families write."""
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -28,7 +27,6 @@ def _variant(real: Path, dest: Path, run: str, *, model: dict, arch: dict, pooli
              dataset: dict | None = None, metric: str = "patch_hit.top1") -> None:
     """A real run's metrics.json with another model's provenance (what that loader records) and value."""
     rec = json.loads((real / "metrics.json").read_text())
-    rec = copy.deepcopy(rec)
     rec["run"] = run
     rec["provenance"]["model"].update(model)
     rec["provenance"]["model"]["arch"].update(arch)
@@ -122,9 +120,10 @@ def test_pib_table_cells_from_recorded_provenance(runs, tmp_path):
     assert "point-in-box top-1" in r.output and "not placed: knn-only" in r.output
 
 
-def test_paper_table_name_is_checked_before_anything_is_written(runs, tmp_path):
+def test_paper_table_name_is_checked_before_anything_is_written(tmp_path):
+    # checked before the runs are read (commands/report.py), so no runs need to be made for it
     out = tmp_path / "report"
-    r = runner.invoke(app, ["report", str(runs), "-o", str(out), "--paper-table", "corloc"])
+    r = runner.invoke(app, ["report", str(tmp_path), "-o", str(out), "--paper-table", "corloc"])
     assert r.exit_code == 2
     lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "--paper-table 'corloc'" in lines[0] and "'pib'" in lines[0]
