@@ -187,22 +187,18 @@ def _fed(path: Path, mean_std) -> torch.Tensor:
     return padded[None]
 
 
-def _reference_box(family: str, ckpt: Path, method: str, path: Path) -> list[float] | None:
+def _reference_box(ref: VisionTransformer | CLIP, method: str, path: Path) -> list[float] | None:
+    """The box from the transcribed forward of `ref` (the library's own model at its native size)."""
     w, h = Image.open(path).size
     with torch.no_grad():
-        if family == "torchvision":
-            m = VisionTransformer(image_size=NATIVE, patch_size=PATCH, num_layers=2, num_heads=3, hidden_dim=192,
-                                  mlp_dim=96, num_classes=10)
-            m.load_state_dict(torch.load(ckpt, weights_only=True))
+        if isinstance(ref, VisionTransformer):
             x = _fed(path, IMAGENET)
-            tokens, attn_in = tv_transcribed(m.eval(), x)
-            in_proj = m.encoder.layers[-1].self_attention
+            tokens, attn_in = tv_transcribed(ref, x)
+            in_proj = ref.encoder.layers[-1].self_attention
         else:
-            c = tiny_clip(seed=0)
-            c.load_state_dict(torch.load(ckpt, weights_only=True))
             x = _fed(path, (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD))
-            tokens, attn_in = clip_transcribed(c.eval(), x)
-            in_proj = c.visual.transformer.resblocks[-1].attn
+            tokens, attn_in = clip_transcribed(ref, x)
+            in_proj = ref.visual.transformer.resblocks[-1].attn
     grid = (x.shape[2] // PATCH, x.shape[3] // PATCH)
     if method == "lost":  # LOST: keys of every head, concatenated as the packed projection lays them out
         keys = F.linear(attn_in, in_proj.in_proj_weight, in_proj.in_proj_bias)[0, 1:, 192:384].detach()
@@ -229,9 +225,10 @@ def test_corloc_full_resolution_through_the_cli(devkit, tv_ckpt, clip_ckpt, tmp_
     rows = pd.read_csv(out / "last-k1" / "corloc_rows.csv", dtype={"image_id": str})
     assert sorted(rows["image_id"]) == sorted(i for i, _, _ in VOC)
     base = devkit / "VOCdevkit" / "VOC2007" / "JPEGImages"
+    ref = (_tv_library if family == "torchvision" else _clip_library)(NATIVE, ckpt)  # at NATIVE: no resampling
     hits, boxes = [], 0
     for image_id, _, _ in VOC:
-        box = _reference_box(family, ckpt, method, base / f"{image_id}.jpg")
+        box = _reference_box(ref, method, base / f"{image_id}.jpg")
         row = rows[rows["image_id"] == image_id].iloc[0]
         if box is None:
             assert row["status"] == "no_box" and not row["hit"]
