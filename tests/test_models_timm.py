@@ -11,12 +11,15 @@ from lastvit_eval.models import LoadOptions, load_model
 from lastvit_eval.pooling import PoolingSpec, pool
 
 
-def reference(name: str, img_size: int, seed: int = 0, num_classes: int = 10) -> torch.nn.Module:
+def reference(name: str, img_size: int, seed: int = 0, num_classes: int = 10,
+              words: tuple[str, ...] = ("norm", "head", "token", "pos_embed"), **kw) -> torch.nn.Module:
+    """timm's own model (`kw` to create_model), parameters whose names hold one of `words` perturbed (random
+    init leaves norms at identity and heads / tokens at zero)."""
     torch.manual_seed(seed)
-    m = timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=img_size)
+    m = timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=img_size, **kw)
     with torch.no_grad():
         for k, p in m.named_parameters():
-            if any(w in k for w in ("norm", "head", "token", "pos_embed")):
+            if any(w in k for w in words):
                 p.add_(torch.randn_like(p) * 0.3)
     return m.eval()
 
@@ -224,13 +227,9 @@ def mae_sincos(embed_dim: int, grid_size: int) -> torch.Tensor:
 
 def mae_encoder(seed: int, fine_tuned: bool = False) -> torch.nn.Module:
     """MAE's encoder is timm's ViT: fixed sin-cos pos_embed (pre-training); fine-tuned: global_pool avg + fc_norm."""
-    torch.manual_seed(seed)
     kw = dict(global_pool="avg", num_classes=10) if fine_tuned else dict(num_classes=0)
-    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, **kw)
+    m = reference("vit_tiny_patch16_224", 64, seed, words=("norm", "head", "token"), **kw)
     with torch.no_grad():
-        for k, p in m.named_parameters():
-            if any(w in k for w in ("norm", "head", "token")):
-                p.add_(torch.randn_like(p) * 0.3)
         m.pos_embed.copy_(mae_sincos(192, 4))
         if fine_tuned:
             m.pos_embed.add_(torch.randn_like(m.pos_embed) * 0.02)  # trained on in fine-tuning
@@ -317,13 +316,7 @@ def test_map_head_is_timms_own_attention_pool(tmp_path):
     from lastvit_eval.engine.taps import TapRequest, forward_taps
     from lastvit_eval.plan import _check_poolings
 
-    torch.manual_seed(16)
-    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=64, global_pool="map")
-    with torch.no_grad():
-        for k, p in ref.named_parameters():
-            if any(w in k for w in ("norm", "head", "token", "attn_pool")):
-                p.add_(torch.randn_like(p) * 0.3)
-    ref.eval()
+    ref = reference("vit_tiny_patch16_224", 64, 16, words=("norm", "head", "token", "attn_pool"), global_pool="map")
     path = tmp_path / "map.pth"
     torch.save({"state_dict": ref.state_dict(), "arch": "vit_tiny_patch16_224"}, path)
     loaded = load_model(path)
