@@ -23,18 +23,23 @@ def _problem(n=600, d=8, c=4, seed=0):
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
+def _cross_entropy_f64(xs: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray):
+    """float64 numpy reference for z = xs W + b: per-row -log softmax(z)[y], softmax(z), and the gradient of
+    the MEAN cross-entropy in z, (softmax - onehot) / n."""
+    z = xs @ w + b
+    lse = logsumexp(z, axis=1)
+    p = np.exp(z - lse[:, None])
+    return lse - z[np.arange(len(y)), y], p, (p - np.eye(w.shape[1])[y]) / len(y)
+
+
 def _scipy_solution(xs: np.ndarray, y: np.ndarray, c: int, wd: float) -> tuple[np.ndarray, np.ndarray]:
     """Mean cross-entropy + wd/2 ||W||^2 in float64 numpy, minimized by scipy's L-BFGS-B (reference)."""
-    n, d = xs.shape
-    onehot = np.eye(c)[y]
+    d = xs.shape[1]
 
     def fun(theta):
         w, b = theta[: d * c].reshape(d, c), theta[d * c :]
-        z = xs @ w + b
-        lse = logsumexp(z, axis=1)
-        p = np.exp(z - lse[:, None])
-        loss = (lse - z[np.arange(n), y]).mean() + 0.5 * wd * (w**2).sum()
-        gz = (p - onehot) / n
+        nll, _, gz = _cross_entropy_f64(xs, y, w, b)
+        loss = nll.mean() + 0.5 * wd * (w**2).sum()
         return loss, np.concatenate([(xs.T @ gz + wd * w).ravel(), gz.sum(0)])
 
     res = minimize(fun, np.zeros(d * c + c), jac=True, method="L-BFGS-B",
@@ -162,16 +167,12 @@ def test_pass_loss_and_gradient_match_float64_and_sklearn_log_loss(scale):
     w, b = torch.randn(8, 5, generator=g) * scale, torch.randn(5, generator=g)
     loss, gw, gb = obj.data_term(w, b)
     xs = sc(x, CPU).double().numpy()
-    z = xs @ w.double().numpy() + b.double().numpy()
-    lse = logsumexp(z, axis=1)
-    nll = lse - z[np.arange(700), y.numpy()]
+    nll, p, gz = _cross_entropy_f64(xs, y.numpy(), w.double().numpy(), b.double().numpy())
     if scale > 1:
         assert nll.max() > 104  # some rows have p[y] < 2^-150: below float32's smallest subnormal
-    p = np.exp(z - lse[:, None])
     np.testing.assert_allclose(loss, nll.mean(), rtol=1e-5)
     if scale == 1:  # log_loss clips p at float64 eps: compare where that does not bite
         np.testing.assert_allclose(loss, log_loss(y.numpy(), p, labels=range(5)), rtol=1e-5)
-    gz = (p - np.eye(5)[y.numpy()]) / 700
     np.testing.assert_allclose(gw.double().numpy(), xs.T @ gz, atol=1e-5 * np.abs(xs.T @ gz).max())
     np.testing.assert_allclose(gb.double().numpy(), gz.sum(0), atol=1e-6)
 
@@ -193,10 +194,8 @@ def test_extended_objective_after_a_seed_reads_only_the_added_rows():
     loss, gw, gb = obj.data_term(w, b)
     assert obj.passes - p0 == pytest.approx(200 / 700)
     xs = sc(x, CPU).double().numpy()
-    z = xs @ w.double().numpy() + b.double().numpy()
-    lse = logsumexp(z, axis=1)
-    gz = (np.exp(z - lse[:, None]) - np.eye(4)[y.numpy()]) / 700
-    assert loss == pytest.approx((lse - z[np.arange(700), y.numpy()]).mean(), rel=1e-5)
+    nll, _, gz = _cross_entropy_f64(xs, y.numpy(), w.double().numpy(), b.double().numpy())
+    assert loss == pytest.approx(nll.mean(), rel=1e-5)
     np.testing.assert_allclose(gw.double().numpy(), xs.T @ gz, atol=1e-5 * np.abs(xs.T @ gz).max())
     np.testing.assert_allclose(gb.double().numpy(), gz.sum(0), atol=1e-6)
     # a point other than the seed's is a whole pass again
