@@ -105,19 +105,26 @@ def test_zero_shot_seg_benchmark_writes_its_table(tmp_path: Path, capsys):
     assert "6 windows an image" in text and "Goal: under 20%" in text
 
 
-def test_bench_corloc_runs_at_a_tiny_size(tmp_path: Path):
-    """The CorLoc benchmark script end to end on 4 generated images, 1 round (no timing is judged here): its
-    table has the documented columns, one row per method, and an outside-the-forward share in [0, 100] %."""
+def _run_bench(script: str, tmp_path: Path, *args: str) -> Path:
+    """benchmarks/<script>.py as a script (its main() reads sys.argv), writing tmp_path/<script>.md; must exit 0."""
     import os
-    import re
     import subprocess
 
     repo = Path(__file__).resolve().parents[1]
-    out = tmp_path / "bench_corloc.md"
+    out = tmp_path / f"{script}.md"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH")) if p)}
-    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_corloc.py"), "--images", "4", "--rounds",
-                           "1", "--out", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / f"{script}.py"), *args, "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_bench_corloc_runs_at_a_tiny_size(tmp_path: Path):
+    """The CorLoc benchmark script end to end on 4 generated images, 1 round (no timing is judged here): its
+    table has the documented columns, one row per method, and an outside-the-forward share in [0, 100] %."""
+    import re
+
+    out = _run_bench("bench_corloc", tmp_path, "--images", "4", "--rounds", "1")
     lines = out.read_text().splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| method |"))
     assert [c.strip() for c in lines[header].strip("|").split("|")] == [
@@ -137,18 +144,10 @@ def test_bench_knn_probe_runs_at_a_tiny_size(tmp_path: Path):
     """The probe benchmark end to end at 600 x 16, 5 classes (fp32 passes; nothing timed is judged): the
     candidate table's passes plus the refit's add up to the total in our row, every weight decay of the grid is
     listed once, and the GEMM floor is computed for the passes the run made, in the precision it used."""
-    import os
     import re
-    import subprocess
 
-    repo = Path(__file__).resolve().parents[1]
-    out = tmp_path / "bench_knn_probe.md"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH")) if p)}
-    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_knn_probe.py"), "--n-train", "600",
-                           "--n-test", "100", "--dim", "16", "--classes", "5", "--mean-scale", "1", "--probe-only",
-                           "--repeats", "1", "--out", str(out)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = _run_bench("bench_knn_probe", tmp_path, "--n-train", "600", "--n-test", "100", "--dim", "16", "--classes",
+                     "5", "--mean-scale", "1", "--probe-only", "--repeats", "1")
     text = out.read_text()
     ours = next(line for line in text.splitlines() if line.startswith("| ours (lbfgs, fp32 passes"))
     total = float(re.search(r"CIs \(([\d.]+) passes over the rows in all\)", ours).group(1))
